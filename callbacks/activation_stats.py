@@ -1,0 +1,116 @@
+"""Per-layer activation statistics: the lecture's diagnosis of a bad initialisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from callbacks._activations import SATURATING, activation_layers, activation_name
+from callbacks._util import as_batches, probe_model
+
+SATURATION_MARGIN = 0.01  # within 1% of the output range's ends counts as saturated
+
+
+def saturated_fraction(values: np.ndarray, name: str) -> float | None:
+    """Fraction of activations within ``SATURATION_MARGIN`` of a saturating nonlinearity's bounds."""
+    if name not in SATURATING:
+        return None
+    low, high = SATURATING[name]
+    margin = SATURATION_MARGIN * (high - low)
+    return float(np.mean((values <= low + margin) | (values >= high - margin)))
+
+
+class ActivationStats(keras.callbacks.Callback):
+    """Mean, standard deviation and saturation of every layer's activations on a fixed probe batch.
+
+    With weights too small, activations shrink towards zero layer after layer (std collapsing); with
+    weights too large, tanh and sigmoid units saturate (outputs pinned at their bounds, gradients near
+    zero). Writes ``logs["act_mean/<layer>"]``, ``logs["act_std/<layer>"]`` and, for tanh and sigmoid
+    layers, ``logs["saturated/<layer>"]`` (fraction of activations within 1% of the range's ends), every
+    ``every_n_epochs`` epochs. With ``plot_dir`` it also saves ``activations_epoch<N>.png``, one histogram
+    per layer.
+
+    Args:
+        probe_x: inputs, kept fixed so that epochs compare.
+        every_n_epochs: measure every this many epochs (and at the end of epoch 1).
+        plot_dir: folder for histogram plots, or None.
+
+    Example:
+        >>> model.fit(x, y, callbacks=[ActivationStats(x[:256], plot_dir="runs/acts")])
+    """
+
+    def __init__(self, probe_x, every_n_epochs: int = 1, plot_dir: str | Path | None = None):
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"`every_n_epochs` must be >= 1. Received: every_n_epochs={every_n_epochs}")
+        self.probe_batches = as_batches(probe_x)
+        self.every_n_epochs = every_n_epochs
+        self.plot_dir = Path(plot_dir) if plot_dir else None
+        self.latest: dict[str, float] = {}
+        self.activations: dict[str, np.ndarray] = {}
+        self._layers: list = []
+        self._probe = None
+
+    def on_train_begin(self, logs=None):
+        self._attach()
+
+    def _attach(self) -> None:
+        self._layers = activation_layers(self.model)
+        self._probe = probe_model(self.model, self._layers, "ActivationStats") if self._layers else None
+
+    def measure(self, model: keras.Model | None = None) -> dict[str, float]:
+        """Statistics now; ``model`` lets it run outside ``fit`` (as ``cli.py check`` does)."""
+        if model is not None:
+            self.set_model(model)
+            self._attach()
+        if self._probe is None:
+            return {}
+        outputs = [[] for _ in self._layers]
+        for batch in self.probe_batches:
+            result = self._probe(batch, training=False)
+            result = result if isinstance(result, (list, tuple)) else [result]
+            for store, out in zip(outputs, result):
+                store.append(keras.ops.convert_to_numpy(out).astype(np.float32))
+        values: dict[str, float] = {}
+        self.activations = {}
+        for layer, chunks in zip(self._layers, outputs):
+            acts = np.concatenate(chunks)
+            self.activations[layer.name] = acts
+            values[f"act_mean/{layer.name}"] = float(acts.mean())
+            values[f"act_std/{layer.name}"] = float(acts.std())
+            saturated = saturated_fraction(acts, activation_name(layer))
+            if saturated is not None:
+                values[f"saturated/{layer.name}"] = saturated
+        self.latest = values
+        return values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if epoch % self.every_n_epochs == 0 or epoch == 0:
+            self.measure()
+            if self.plot_dir:
+                self.plot(self.plot_dir / f"activations_epoch{epoch + 1}.png")
+        logs.update(self.latest)
+
+    def plot(self, path: str | Path) -> Path | None:
+        """One histogram per layer of the last measurement (the lecture's figure), written atomically."""
+        if not self.activations:
+            return None
+        from recipes.plots import figure_module, save_figure
+
+        plt = figure_module()
+        names = list(self.activations)
+        cols = min(4, len(names))
+        rows = -(-len(names) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), dpi=90, squeeze=False)
+        for ax, name in zip(axes.flat, names):
+            acts = self.activations[name].ravel()
+            ax.hist(acts, bins=50, color="tab:blue")
+            ax.set_title(f"{name}\nmean {acts.mean():.2f} std {acts.std():.2f}", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(names) :]:
+            ax.axis("off")
+        fig.tight_layout()
+        return save_figure(fig, path)

@@ -1,0 +1,148 @@
+"""Linear learning-rate warmup in front of any Keras schedule, and builders for the usual decays."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+from keras.optimizers.schedules import (
+    CosineDecay,
+    ExponentialDecay,
+    InverseTimeDecay,
+    LearningRateSchedule,
+    PiecewiseConstantDecay,
+)
+
+DECAYS = ("cosine", "step", "exponential", "inverse_time", "constant")
+
+
+@keras.saving.register_keras_serializable(package="callbacks")
+class Warmup(LearningRateSchedule):
+    """Ramp linearly from ``initial_lr`` to ``schedule(0)`` over ``warmup_steps``, then follow the schedule.
+
+    At step ``s < warmup_steps`` the rate is ``initial_lr + (schedule(0) - initial_lr) * s / warmup_steps``;
+    from ``warmup_steps`` on it is ``schedule(s - warmup_steps)``, so the wrapped decay starts where the
+    warmup ends (a cosine over ``D`` steps then ends at step ``warmup_steps + D``).
+
+    Args:
+        schedule: a Keras ``LearningRateSchedule`` or a float (constant rate after warmup).
+        warmup_steps: optimizer steps of warmup; 0 means no warmup.
+        initial_lr: rate at step 0.
+        name: optional name.
+
+    Example:
+        >>> decay = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=10_000)
+        >>> optimizer = keras.optimizers.SGD(Warmup(decay, warmup_steps=500), momentum=0.9)
+
+    Reference:
+        Goyal et al. 2017, "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", section 2.2.
+    """
+
+    def __init__(
+        self,
+        schedule: LearningRateSchedule | float,
+        warmup_steps: int,
+        initial_lr: float = 0.0,
+        name: str | None = None,
+    ):
+        super().__init__()
+        if not isinstance(schedule, LearningRateSchedule):
+            try:
+                schedule = float(schedule)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"`schedule` must be a LearningRateSchedule or a float. Received: schedule={schedule!r}"
+                ) from None
+        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
+            raise ValueError(f"`warmup_steps` must be an integer >= 0. Received: warmup_steps={warmup_steps}")
+        if not math.isfinite(initial_lr) or initial_lr < 0:
+            raise ValueError(f"`initial_lr` must be finite and >= 0. Received: initial_lr={initial_lr}")
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+        self.initial_lr = float(initial_lr)
+        self.name = name
+
+    def _after(self, step):
+        if isinstance(self.schedule, LearningRateSchedule):
+            return ops.cast(self.schedule(step), "float32")
+        return ops.cast(self.schedule, "float32")
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        if self.warmup_steps == 0:
+            return self._after(step)
+        target = self._after(ops.cast(0, "float32"))
+        ramp = self.initial_lr + (target - self.initial_lr) * step / float(self.warmup_steps)
+        after = self._after(ops.maximum(step - float(self.warmup_steps), 0.0))
+        return ops.where(step < float(self.warmup_steps), ramp, after)
+
+    def get_config(self) -> dict:
+        schedule = self.schedule
+        if isinstance(schedule, LearningRateSchedule):
+            schedule = keras.saving.serialize_keras_object(schedule)
+        return {
+            "schedule": schedule,
+            "warmup_steps": self.warmup_steps,
+            "initial_lr": self.initial_lr,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Warmup:
+        config = dict(config)
+        if isinstance(config["schedule"], dict):
+            config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+
+def decay_schedule(
+    name: str,
+    lr: float,
+    *,
+    decay_steps: int,
+    steps_per_epoch: int,
+    final_lr_fraction: float = 0.0,
+    step_epochs: int = 10,
+    decay_factor: float = 0.1,
+    inverse_time_k: float = 0.5,
+) -> LearningRateSchedule | float:
+    """One of Keras's own decays, parameterised in epochs (``step_epochs``, ``inverse_time_k`` per epoch).
+
+    ``cosine``: from ``lr`` to ``lr * final_lr_fraction`` over ``decay_steps``; ``step``: multiply by
+    ``decay_factor`` every ``step_epochs``; ``exponential``: the same factor, applied smoothly;
+    ``inverse_time``: ``lr / (1 + k * epoch)``; ``constant``: ``lr``.
+    """
+    if name == "cosine":
+        return CosineDecay(lr, decay_steps=max(1, decay_steps), alpha=final_lr_fraction)
+    if name == "step":
+        every = step_epochs * steps_per_epoch
+        n_drops = max(0, (decay_steps - 1) // every) if every else 0
+        if n_drops == 0:
+            return float(lr)
+        boundaries = [every * (i + 1) for i in range(n_drops)]
+        values = [lr * decay_factor**i for i in range(n_drops + 1)]
+        return PiecewiseConstantDecay(boundaries, values)
+    if name == "exponential":
+        return ExponentialDecay(lr, decay_steps=step_epochs * steps_per_epoch, decay_rate=decay_factor)
+    if name == "inverse_time":
+        return InverseTimeDecay(lr, decay_steps=steps_per_epoch, decay_rate=inverse_time_k)
+    if name == "constant":
+        return float(lr)
+    raise ValueError(f"unknown decay {name!r}; expected one of {', '.join(DECAYS)}")
+
+
+def warmup_schedule(
+    name: str, lr: float, *, epochs: float, steps_per_epoch: int, warmup_epochs: float = 0.0, **decay_kwargs
+) -> LearningRateSchedule:
+    """Warmup over ``warmup_epochs`` then the ``name`` decay over the remaining epochs.
+
+    The whole schedule spans ``epochs * steps_per_epoch`` optimizer steps: a cosine reaches its final
+    value exactly at the last step.
+    """
+    total = max(1, round(epochs * steps_per_epoch))
+    warmup = min(total - 1, round(warmup_epochs * steps_per_epoch))
+    decay = decay_schedule(
+        name, lr, decay_steps=total - warmup, steps_per_epoch=steps_per_epoch, **decay_kwargs
+    )
+    return Warmup(decay, warmup_steps=warmup)

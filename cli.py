@@ -1,0 +1,145 @@
+"""Command line: ``python cli.py VERB recipe=NAME key=value ...``.
+
+Verbs: ``run`` (train and evaluate), ``list`` (recipes), ``show`` (resolved config as YAML).
+Errors in the command, the config or the data exit with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from recipes.config import ConfigError, nearest  # noqa: E402
+
+
+def quiet_import_tensorflow() -> None:
+    """Import TensorFlow with stderr silenced: its C++ start-up notices (oneDNN, CUDA probing) are printed
+    before TF_CPP_MIN_LOG_LEVEL is read. An import error is re-raised with stderr restored."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+VERBS = {
+    "run": "train and evaluate a recipe: python cli.py run recipe=resnet_small [key=value ...]",
+    "list": "list the recipes with a one-line description each",
+    "show": "print the resolved config of a recipe with overrides, as YAML",
+}
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def usage() -> str:
+    lines = ["usage: python cli.py VERB recipe=NAME [key=value ...]", "", "verbs:"]
+    lines += [f"  {verb:6s} {text}" for verb, text in VERBS.items()]
+    lines += [
+        "",
+        "example: python cli.py run recipe=resnet_small optimizer.lr=0.05 trainer.epochs=30",
+        "         python cli.py show recipe=resnet_small   (every key, its default and type)",
+    ]
+    return "\n".join(lines)
+
+
+def split_recipe(args: list[str]) -> tuple[str, list[str]]:
+    """``recipe=NAME`` (or a bare first word) and the remaining overrides."""
+    recipe, rest = None, []
+    for arg in args:
+        if arg.startswith("recipe="):
+            recipe = arg.split("=", 1)[1]
+        elif recipe is None and "=" not in arg and not rest:
+            recipe = arg
+        else:
+            rest.append(arg)
+    if not recipe:
+        raise ConfigError("no recipe given: add recipe=NAME ('python cli.py list' shows them)")
+    return recipe, rest
+
+
+def cmd_list(args: list[str]) -> int:
+    from recipes.registry import list_recipes
+
+    if args:
+        raise ConfigError(f"'list' takes no arguments, got: {' '.join(args)}")
+    for recipe in list_recipes():
+        print(f"{recipe.name:18s} {recipe.description}")
+    return 0
+
+
+def cmd_show(args: list[str]) -> int:
+    from recipes.config import to_yaml
+    from recipes.registry import get_recipe
+
+    name, overrides = split_recipe(args)
+    cfg = get_recipe(name).config(overrides)
+    print(f"# recipe: {name}\n" + to_yaml(cfg), end="")
+    return 0
+
+
+def cmd_run(args: list[str]) -> int:
+    from recipes.train import EXIT_DIVERGED, run
+
+    name, overrides = split_recipe(args)
+    result = run(name, overrides)
+    m = result.metrics
+    if result.diverged:
+        print(
+            f"\nTraining diverged and was stopped by the NaN guard: {result.messages[0]}\n"
+            f"The last finite weights are in {result.out_dir / 'model.keras'}.",
+            file=sys.stderr,
+        )
+        return EXIT_DIVERGED
+    sample = " (bundled SAMPLE, not full CIFAR-10)" if m.get("data_is_sample") else ""
+    print(
+        f"\ntest accuracy {m['test_accuracy']:.4f}{' with flip TTA' if m.get('tta') else ''}, "
+        f"test loss {m['test_loss']:.4f} on {m['test_examples']:,} images{sample}; "
+        f"best val accuracy {m['best_val_accuracy'] or float('nan'):.4f}; "
+        f"{m['epochs_completed']} epochs in {m['train_seconds']:.0f} s"
+    )
+    print(f"outputs in {result.out_dir}/")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else EXIT_USAGE
+    verb, args = argv[0], argv[1:]
+    if verb not in COMMANDS:
+        print(
+            f"error: unknown verb '{verb}'{nearest(verb, COMMANDS)}; expected one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    quiet_import_tensorflow()
+    from recipes.checkpoint import RunError
+    from recipes.data import DataError
+
+    try:
+        return COMMANDS[verb](args)
+    except (ConfigError, DataError, RunError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: run the same command again (same trainer.out_dir) to resume from the last "
+            "completed epoch",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

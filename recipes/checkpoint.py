@@ -1,0 +1,150 @@
+"""Per-epoch checkpoints a run can resume from, written atomically.
+
+After every epoch the run directory gets ``checkpoints/epoch-NNN.keras`` (the whole model with its
+optimizer state, so the schedule resumes at the right step), then ``state.json`` (epochs done, history
+rows, best validation accuracy, seconds trained), ``history.csv`` and the plots. Each file is replaced
+atomically; the two newest checkpoints are kept so that a damaged newest one falls back to the previous.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import keras
+
+from recipes.atomic import atomic_path, write_json, write_text
+from recipes.plots import plot_history
+
+KEEP_CHECKPOINTS = 2
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or resume. The message is one line, fit to show a user."""
+
+
+def history_csv(rows: list[dict]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def save_model(model: keras.Model, path: str | Path) -> None:
+    """``model.save`` opens its target in place; save to a temp file and rename it instead."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Write checkpoint, state, history and plots at every epoch end (put it after the loggers)."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        rows: list[dict],
+        best_val_accuracy: float | None,
+        train_seconds: float,
+        plots: bool = True,
+    ):
+        super().__init__()
+        self.out_dir = Path(out_dir)
+        self.rows = rows
+        self.best_val_accuracy = best_val_accuracy
+        self.train_seconds = train_seconds
+        self.plots = plots
+        self.session_seconds = 0.0
+        self.session_epochs = 0
+        self._epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        seconds = time.perf_counter() - self._epoch_start
+        logs["epoch_seconds"] = seconds
+        self.train_seconds += seconds
+        self.session_seconds += seconds
+        self.session_epochs += 1
+        row = {"epoch": epoch + 1}
+        row.update({k: float(v) for k, v in logs.items()})
+        self.rows.append(row)
+        val = row.get("val_accuracy")
+        if val is not None and math.isfinite(val):
+            self.best_val_accuracy = max(val, self.best_val_accuracy or 0.0)
+        if getattr(self.model, "stop_training", False) and _diverged(row):
+            return  # never checkpoint weights a NaN guard is about to replace
+        ckpt_dir = self.out_dir / "checkpoints"
+        name = f"epoch-{epoch + 1:03d}.keras"
+        save_model(self.model, ckpt_dir / name)
+        write_json(
+            self.out_dir / "state.json",
+            {
+                "epochs_completed": epoch + 1,
+                "checkpoint": name,
+                "history": self.rows,
+                "best_val_accuracy": self.best_val_accuracy,
+                "train_seconds": self.train_seconds,
+            },
+        )
+        for old in sorted(ckpt_dir.glob("epoch-*.keras"))[:-KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
+        write_text(self.out_dir / "history.csv", history_csv(self.rows))
+        if self.plots:
+            plot_history(self.rows, self.out_dir)
+
+
+def _diverged(row: dict) -> bool:
+    return not math.isfinite(row.get("loss", 0.0))
+
+
+def load_state(out_dir: Path) -> dict | None:
+    """The saved state of an interrupted run, or None for a fresh directory."""
+    path = out_dir / "state.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(
+            f"{path} is damaged ({e}); delete the run directory or choose another "
+            "trainer.out_dir to start afresh"
+        ) from None
+
+
+def load_checkpoint(out_dir: Path, state: dict) -> tuple[keras.Model, dict]:
+    """The newest checkpoint that loads; the state is trimmed to its epoch when falling back."""
+    ckpt_dir = out_dir / "checkpoints"
+    candidates = sorted(ckpt_dir.glob("epoch-*.keras"), reverse=True)
+    candidates = [c for c in candidates if int(c.stem.split("-")[1]) <= state["epochs_completed"]]
+    failures = []
+    for path in candidates:
+        try:
+            model = keras.saving.load_model(path, compile=True)
+        except Exception as e:  # a truncated zip raises several kinds of errors, some misleading
+            failures.append(f"{path.name}: {type(e).__name__}")
+            warnings.warn(
+                f"checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:100]}); trying the previous one",
+                stacklevel=2,
+            )
+            continue
+        epoch = int(path.stem.split("-")[1])
+        if epoch < state["epochs_completed"]:
+            state = dict(state, epochs_completed=epoch, history=state["history"][:epoch])
+            vals = [r["val_accuracy"] for r in state["history"] if "val_accuracy" in r]
+            state["best_val_accuracy"] = max(vals) if vals else None
+        return model, state
+    raise RunError(
+        f"no usable checkpoint in {ckpt_dir} ({'; '.join(failures) or 'none found'}); "
+        "delete the run directory or choose another trainer.out_dir to start afresh"
+    )

@@ -1,0 +1,129 @@
+"""``mlp`` and ``mlp_dropconnect``: the lecture's fully connected baselines on flattened CIFAR-10.
+
+``model.activation`` and ``model.init`` make the lecture's comparisons one override away, for example
+``python cli.py run recipe=mlp model.activation=tanh model.init=small_random`` shows activations
+collapsing, and ``model.activation=maxout`` trains Maxout units. ``mlp_dropconnect`` replaces each hidden
+Dense layer with ``layers.DropConnect``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+
+from recipes.config import BaseConfig, DataConfig, OptimizerConfig, ScheduleConfig, TrainerConfig, spec
+from recipes.registry import register_recipe
+
+ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "tanh", "sigmoid", "maxout")
+INITS = ("small_random", "xavier", "he")
+
+
+@dataclass
+class MLPModelConfig:
+    depth: int = spec(2, "hidden layers", min=1)
+    width: int = spec(512, "units per hidden layer", min=1)
+    activation: str = spec("relu", "hidden nonlinearity", choices=ACTIVATIONS)
+    init: str = spec(
+        "he", "weights: small_random (N(0, 0.01^2)), xavier (Glorot normal), he (He normal)", choices=INITS
+    )
+    maxout_pieces: int = spec(2, "pieces per Maxout unit (activation=maxout)", min=2)
+    dropout: float = spec(0.0, "dropout after each hidden layer", min=0.0, max=0.95)
+    batch_norm: bool = spec(False, "batch normalisation before each hidden nonlinearity")
+
+
+@dataclass
+class DropConnectModelConfig(MLPModelConfig):
+    drop_rate: float = spec(0.5, "DropConnect: probability of dropping each hidden weight", min=0.0, max=0.95)
+
+
+def _no_augment() -> DataConfig:
+    return DataConfig(augment=False)  # flattened pixels: the lecture's baseline trains without augmentation
+
+
+def _sgd() -> OptimizerConfig:
+    return OptimizerConfig(lr=0.01, weight_decay=1e-4)
+
+
+def _no_warmup() -> ScheduleConfig:
+    return ScheduleConfig(warmup_epochs=0.0)
+
+
+def _twenty_epochs() -> TrainerConfig:
+    return TrainerConfig(epochs=20)
+
+
+@dataclass
+class MLPConfig(BaseConfig):
+    model: MLPModelConfig = field(default_factory=MLPModelConfig)
+    data: DataConfig = field(default_factory=_no_augment)
+    optimizer: OptimizerConfig = field(default_factory=_sgd)
+    schedule: ScheduleConfig = field(default_factory=_no_warmup)
+    trainer: TrainerConfig = field(default_factory=_twenty_epochs)
+
+
+@dataclass
+class MLPDropConnectConfig(MLPConfig):
+    model: DropConnectModelConfig = field(default_factory=DropConnectModelConfig)
+
+
+def initializer(name: str, seed: int | None = None) -> keras.initializers.Initializer:
+    if name == "small_random":
+        return keras.initializers.RandomNormal(stddev=0.01, seed=seed)
+    if name == "xavier":
+        return keras.initializers.GlorotNormal(seed=seed)
+    return keras.initializers.HeNormal(seed=seed)
+
+
+def _nonlinearity(name: str, label: str) -> keras.layers.Layer:
+    if name == "leaky_relu":
+        return keras.layers.LeakyReLU(negative_slope=0.01, name=label)
+    if name == "prelu":
+        return keras.layers.PReLU(name=label)
+    if name == "relu":
+        return keras.layers.ReLU(name=label)
+    return keras.layers.Activation(name, name=label)
+
+
+def build_mlp(cfg, stats: dict, *, drop_rate: float | None = None) -> keras.Model:
+    from layers import DropConnect, Maxout
+
+    m = cfg.model
+    inputs = keras.Input(shape=stats["input_shape"], name="image")
+    x = keras.layers.Normalization(mean=stats["mean"], variance=stats["variance"], name="normalize")(inputs)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i in range(1, m.depth + 1):
+        init = initializer(m.init)
+        if m.activation == "maxout":
+            x = Maxout(m.width, pieces=m.maxout_pieces, kernel_initializer=init, name=f"maxout{i}")(x)
+        else:
+            if drop_rate is None:
+                x = keras.layers.Dense(m.width, kernel_initializer=init, name=f"dense{i}")(x)
+            else:
+                x = DropConnect(m.width, rate=drop_rate, kernel_initializer=init, name=f"dropconnect{i}")(x)
+            if m.batch_norm:
+                x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+            x = _nonlinearity(m.activation, f"{m.activation}{i}")(x)
+        if m.dropout > 0:
+            x = keras.layers.Dropout(m.dropout, name=f"dropout{i}")(x)
+    outputs = keras.layers.Dense(stats["num_classes"], kernel_initializer=initializer(m.init), name="logits")(
+        x
+    )
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+@register_recipe(
+    "mlp",
+    "fully connected baseline on flattened images; model.activation, model.init "
+    "and model.dropout for the lecture's comparisons",
+    MLPConfig,
+)
+def build_model(cfg, stats: dict) -> keras.Model:
+    return build_mlp(cfg, stats)
+
+
+@register_recipe(
+    "mlp_dropconnect", "the mlp with DropConnect hidden layers (model.drop_rate)", MLPDropConnectConfig
+)
+def build_dropconnect_model(cfg, stats: dict) -> keras.Model:
+    return build_mlp(cfg, stats, drop_rate=cfg.model.drop_rate)

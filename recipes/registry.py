@@ -1,0 +1,58 @@
+"""Recipes by name: a config dataclass, a model builder and a one-line description."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from recipes.config import ConfigError, apply_overrides, nearest
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    config_class: type
+    build_model: Callable  # (cfg, data_stats) -> keras.Model, uncompiled
+
+    def config(self, overrides: list[str] | tuple[str, ...] = ()) -> object:
+        """The recipe's default config with ``key=value`` overrides applied and validated."""
+        cfg = apply_overrides(self.config_class(), overrides)
+        check = getattr(cfg, "validate", None)
+        if check:
+            check()
+        return cfg
+
+
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(name: str, description: str, config_class: type) -> Callable:
+    """Decorator for a recipe's ``build_model(cfg, stats)``; refuses a name that is already taken."""
+
+    def decorate(build_model: Callable) -> Callable:
+        if name in _RECIPES:
+            raise ValueError(f"a recipe named '{name}' is already registered")
+        _RECIPES[name] = Recipe(name, description, config_class, build_model)
+        return build_model
+
+    return decorate
+
+
+def get_recipe(name: str) -> Recipe:
+    _load_builtin()
+    if name not in _RECIPES:
+        raise ConfigError(
+            f"unknown recipe '{name}'{nearest(name, _RECIPES)}; available: {', '.join(sorted(_RECIPES))}"
+        )
+    return _RECIPES[name]
+
+
+def list_recipes() -> list[Recipe]:
+    _load_builtin()
+    return [_RECIPES[name] for name in sorted(_RECIPES)]
+
+
+def _load_builtin() -> None:
+    # Importing a recipe module registers it.
+    from recipes import mlp, resnet_small  # noqa: F401

@@ -1,0 +1,389 @@
+"""Run any recipe the same way: data, model, optimizer, callbacks, resume, evaluation and outputs.
+
+A run directory receives ``config.yaml``, ``run_info.json`` (seed, overrides, versions, git revision),
+``history.csv``, ``metrics.json``, ``model.keras``, ``tensorboard/``, ``checkpoints/`` and PNG curves.
+Started again on the same directory, an interrupted run resumes from its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import callbacks  # noqa: F401  (registers the schedules a checkpoint's optimizer uses)
+import layers  # noqa: F401  (registers the custom layers a checkpoint may hold)
+from recipes import pipeline
+from recipes.atomic import write_json, write_text
+from recipes.checkpoint import RunCheckpoint, history_csv, load_checkpoint, load_state, save_model
+from recipes.config import ConfigError, diff, from_dict, to_yaml
+from recipes.data import load_data
+from recipes.registry import Recipe, get_recipe
+
+SAMPLE_BANNER = """\
+==============================================================================
+ Training on the BUNDLED CIFAR-10 SAMPLE ({n_train} training images), not the
+ full data set: accuracy will be far below full-CIFAR-10 figures. Point at
+ the real data with data.path=/path/to/cifar-10-python.tar.gz (or put it in
+ ~/.keras/datasets/). Reason: {reason}
+=============================================================================="""
+
+EXIT_DIVERGED = 3
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    metrics: dict
+    diverged: bool = False
+    resumed_from: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+def default_out_dir(recipe: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{recipe}-{stamp}"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("tensorflow", "keras", "numpy", "keras-tuner", "pandas"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def git_revision() -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def setup_determinism(seed: int, deterministic: bool) -> None:
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_optimizer(cfg, steps_per_epoch: int):
+    """The configured optimizer over a warmup + decay schedule spanning ``trainer.epochs``."""
+    from callbacks import warmup_schedule
+
+    o, s = cfg.optimizer, cfg.schedule
+    schedule = warmup_schedule(
+        s.name,
+        o.lr,
+        epochs=cfg.trainer.epochs,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=s.warmup_epochs,
+        final_lr_fraction=s.final_lr_fraction,
+        step_epochs=s.step_epochs,
+        decay_factor=s.decay_factor,
+        inverse_time_k=s.inverse_time_k,
+    )
+    common = dict(learning_rate=schedule, weight_decay=o.weight_decay or None, clipnorm=o.clipnorm)
+    if o.name == "sgd":
+        opt = keras.optimizers.SGD(momentum=o.momentum, nesterov=o.nesterov, **common)
+    elif o.name == "adam":
+        opt = keras.optimizers.Adam(beta_1=o.momentum, **common)
+    elif o.name == "adamw":
+        opt = keras.optimizers.AdamW(beta_1=o.momentum, **{**common, "weight_decay": o.weight_decay})
+    else:
+        opt = keras.optimizers.RMSprop(momentum=o.momentum, **common)
+    # Decay shrinks kernels only: biases, batch-norm scales and shifts are not weights to regularise.
+    opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return opt
+
+
+def compile_model(model, cfg, steps_per_epoch: int) -> None:
+    model.compile(
+        optimizer=build_optimizer(cfg, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.loss.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+def data_stats(data) -> dict:
+    mean, var = data.channel_stats()
+    return {
+        "mean": mean.tolist(),
+        "variance": var.tolist(),
+        "num_classes": data.num_classes,
+        "input_shape": tuple(int(d) for d in data.x_train.shape[1:]),
+    }
+
+
+def predict_tta(model, x: np.ndarray, batch_size: int, tta: bool) -> np.ndarray:
+    """Class probabilities; with ``tta``, the mean of the image's and its mirror image's."""
+    logits = model.predict(x, batch_size=batch_size, verbose=0)
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    if tta:
+        flipped = model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)
+        probs = (probs + keras.ops.convert_to_numpy(keras.ops.softmax(flipped))) / 2
+    return probs
+
+
+def make_callbacks(cfg, data) -> tuple[list, object | None]:
+    """The monitors the config switches on, in logging order, and the NaN guard among them (or None)."""
+    from callbacks import ActivationStats, DeadUnitMonitor, LearningRateLogger, NaNGuard, UpdateRatioLogger
+
+    c = cfg.callbacks
+    probe = data.x_train[:256].astype(np.float32)
+    cbs = []
+    if c.learning_rate:
+        cbs.append(LearningRateLogger())
+    if c.dead_units:
+        cbs.append(DeadUnitMonitor(probe))
+    if c.update_ratio:
+        cbs.append(UpdateRatioLogger())
+    if c.activation_stats:
+        cbs.append(ActivationStats(probe, plot_dir=Path(cfg.trainer.out_dir) / "activations"))
+    guard = NaNGuard(explosion_factor=c.explosion_factor) if c.nan_guard else None
+    if guard is not None:
+        cbs.append(guard)
+    return cbs, guard
+
+
+def resolve_out_dir(recipe: Recipe, cfg) -> Path:
+    if not cfg.trainer.out_dir:
+        cfg.trainer.out_dir = str(default_out_dir(recipe.name))
+    return Path(cfg.trainer.out_dir)
+
+
+def check_resume_config(out_dir: Path, recipe: Recipe, cfg) -> None:
+    """Refuse to resume a run directory with a different config, naming the keys that differ."""
+    import yaml
+
+    saved_path = out_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved_dict = yaml.safe_load(saved_path.read_text())
+    saved = from_dict(recipe.config_class, saved_dict)
+    changed = {k: v for k, v in diff(saved, cfg).items() if k not in ("trainer.verbose",)}
+    if changed:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ConfigError(
+            f"{out_dir} holds a run with a different config ({detail}); use the same "
+            "overrides to resume it, or another trainer.out_dir for a new run"
+        )
+
+
+def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=print) -> RunResult:
+    """Train and evaluate a recipe; resumes when ``trainer.out_dir`` holds an interrupted run."""
+    recipe = get_recipe(recipe_name)
+    cfg = recipe.config(overrides)
+    out_dir = resolve_out_dir(recipe, cfg)
+    state = load_state(out_dir)
+    if state is not None:
+        check_resume_config(out_dir, recipe, cfg)
+
+    data = load_data(cfg.data, seed=cfg.trainer.seed)
+
+    setup_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = RunResult(out_dir=out_dir, metrics={})
+    if data.is_sample:
+        echo(SAMPLE_BANNER.format(n_train=len(data.x_train), reason=(data.notes or ["data.name=sample"])[0]))
+    batch = min(cfg.trainer.batch_size, len(data.x_train))
+    spe = pipeline.steps_per_epoch(len(data.x_train), batch)
+
+    if state is not None:
+        model, state = load_checkpoint(out_dir, state)
+        first_epoch = state["epochs_completed"]
+        result.resumed_from = first_epoch
+        echo(
+            f"Resumed {out_dir} from epoch {first_epoch}/{cfg.trainer.epochs} "
+            f"(checkpoint {state['checkpoint']}, best val_accuracy {state['best_val_accuracy']})"
+        )
+        rows, best, seconds = state["history"], state["best_val_accuracy"], state["train_seconds"]
+    else:
+        model = recipe.build_model(cfg, data_stats(data))
+        compile_model(model, cfg, spe)
+        first_epoch, rows, best, seconds = 0, [], None, 0.0
+        write_text(out_dir / "config.yaml", to_yaml(cfg))
+        write_json(
+            out_dir / "run_info.json",
+            {
+                "recipe": recipe.name,
+                "overrides": list(overrides),
+                "seed": cfg.trainer.seed,
+                "git_revision": git_revision(),
+                "versions": library_versions(),
+                "command": sys.argv,
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "data_source": data.source,
+                "train_examples": len(data.x_train),
+                "val_examples": len(data.x_val),
+                "test_examples": len(data.x_test),
+            },
+        )
+
+    epochs = cfg.trainer.epochs
+    checkpoint = RunCheckpoint(out_dir, rows, best, seconds)
+    monitors, guard = make_callbacks(cfg, data)
+    run_callbacks = monitors + [
+        keras.callbacks.TensorBoard(
+            log_dir=str(out_dir / "tensorboard"), update_freq="epoch", profile_batch=0, write_graph=False
+        ),
+        checkpoint,
+        EtaPrinter(first_epoch, epochs, echo),
+        CompactProgbar(),
+    ]
+    verbose = {"auto": 1 if sys.stdout.isatty() else 2, "bar": 1, "epoch": 2, "silent": 0}[
+        cfg.trainer.verbose
+    ]
+    if first_epoch < epochs:
+        echo(
+            f"Training {recipe.name} on {len(data.x_train):,} images ({data.source}), validating on "
+            f"{len(data.x_val):,}: epochs {first_epoch + 1}..{epochs}, {spe} steps of {batch}; "
+            f"{model.count_params():,} parameters; run directory {out_dir}"
+        )
+        train_ds = pipeline.train_dataset(
+            data.x_train,
+            data.y_train,
+            num_classes=data.num_classes,
+            batch_size=batch,
+            seed=cfg.trainer.seed,
+            first_epoch=first_epoch,
+            epochs=epochs,
+            augment=cfg.data.augment,
+            padding=cfg.data.crop_padding,
+            flip=cfg.data.flip,
+            cutout=cfg.data.cutout,
+        )
+        val_ds = None
+        if len(data.x_val):
+            val_ds = pipeline.eval_dataset(
+                data.x_val, data.y_val, num_classes=data.num_classes, batch_size=max(batch, 256)
+            )
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=spe,
+            callbacks=run_callbacks,
+            verbose=verbose,
+            shuffle=False,
+        )
+
+    rows = checkpoint.rows
+    write_text(out_dir / "history.csv", history_csv(rows))
+    metrics = {
+        "recipe": recipe.name,
+        "epochs_completed": len(rows),
+        "best_val_accuracy": checkpoint.best_val_accuracy,
+        "train_seconds": round(checkpoint.train_seconds, 2),
+        "images_per_second": (
+            round(checkpoint.session_epochs * spe * batch / checkpoint.session_seconds, 1)
+            if checkpoint.session_seconds
+            else None
+        ),
+        "train_examples": len(data.x_train),
+        "data_source": data.source,
+        "data_is_sample": data.is_sample,
+        "seed": cfg.trainer.seed,
+        "versions": library_versions(),
+    }
+    if guard is not None and guard.stopped:
+        info = {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+            for k, v in guard.stop_info.items()
+        }
+        metrics.update(status="diverged", nan_guard=info)
+        save_model(model, out_dir / "model.keras")
+        write_json(out_dir / "metrics.json", metrics)
+        result.metrics, result.diverged = metrics, True
+        result.messages.append(guard.stop_info["advice"])
+        return result
+
+    start = time.perf_counter()
+    test_ds = pipeline.eval_dataset(
+        data.x_test, data.y_test, num_classes=data.num_classes, batch_size=max(batch, 256)
+    )
+    test_loss = float(model.evaluate(test_ds, verbose=0, return_dict=True)["loss"])
+    probs = predict_tta(model, data.x_test.astype(np.float32), max(batch, 256), cfg.trainer.tta)
+    plain = (
+        predict_tta(model, data.x_test.astype(np.float32), max(batch, 256), False)
+        if cfg.trainer.tta
+        else probs
+    )
+    metrics.update(
+        status="completed",
+        test_accuracy=float(np.mean(probs.argmax(-1) == data.y_test)),
+        test_accuracy_no_tta=float(np.mean(plain.argmax(-1) == data.y_test)),
+        test_loss=test_loss,
+        test_examples=len(data.x_test),
+        tta=cfg.trainer.tta,
+        eval_seconds=round(time.perf_counter() - start, 2),
+    )
+    save_model(model, out_dir / "model.keras")
+    write_json(out_dir / "metrics.json", metrics)
+    result.metrics = metrics
+    return result
+
+
+def _eta_text(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class CompactProgbar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar without the per-layer monitor keys (``dead_fraction/<layer>`` and the like),
+    which stay in History, history.csv and TensorBoard."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if "/" not in k})
+
+
+class EtaPrinter(keras.callbacks.Callback):
+    """After the first epoch of a session, print how long the remaining epochs should take."""
+
+    def __init__(self, first_epoch: int, epochs: int, echo):
+        super().__init__()
+        self.first_epoch, self.epochs, self.echo = first_epoch, epochs, echo
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        left = self.epochs - epoch - 1
+        if epoch == self.first_epoch and left > 0:
+            took = time.perf_counter() - self._start
+            self.echo(
+                f"epoch {epoch + 1} took {_eta_text(took)}: about {_eta_text(took * left)} left for "
+                f"the remaining {left} epochs"
+            )
+
+
+def load_metrics(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / "metrics.json").read_text())

@@ -1,0 +1,209 @@
+"""End to end: real runs of the CLI on a few hundred images of the bundled sample."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+import callbacks  # noqa: F401  (registers Warmup, which the saved optimizer uses)
+from recipes.train import run
+from tests.conftest import ROOT, run_cli
+
+SMOKE = ["data.name=sample", "data.train_limit=256", "data.val_size=100", "trainer.batch_size=64"]
+FILES = [
+    "config.yaml",
+    "run_info.json",
+    "history.csv",
+    "metrics.json",
+    "model.keras",
+    "loss.png",
+    "accuracy.png",
+    "learning_rate.png",
+    "state.json",
+]
+
+
+def test_one_epoch_run_writes_every_output_and_the_model_takes_raw_images(tmp_path, sample_arrays):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "run",
+        "recipe=resnet_small",
+        *SMOKE,
+        "trainer.epochs=1",
+        f"trainer.out_dir={out}",
+        "model.width=8",
+        "model.depth_blocks=1",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "BUNDLED CIFAR-10 SAMPLE" in proc.stdout
+    for name in FILES:
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "test_examples",
+        "best_val_accuracy",
+        "epochs_completed",
+        "train_seconds",
+        "images_per_second",
+        "data_source",
+        "versions",
+    ):
+        assert key in metrics, key
+    assert metrics["data_is_sample"] is True and metrics["test_examples"] == 1000
+    assert metrics["epochs_completed"] == 1
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    for key in (
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "dead_fraction",
+        "update_ratio",
+    ):
+        assert key in header, key
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["width"] == 8 and config["trainer"]["out_dir"] == str(out)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["seed"] == 0 and "model.width=8" in info["overrides"] and "keras" in info["versions"]
+
+    model = keras.saving.load_model(out / "model.keras")
+    x_test, y_test = sample_arrays[2], sample_arrays[3]
+    probs = model.predict(x_test.astype(np.float32), verbose=0)  # raw 0-255 pixels
+    assert probs.shape == (1000, 10)
+    # the saved model reproduces the recorded accuracy (flip TTA is on by default for resnet_small)
+    flipped = model.predict(x_test[:, :, ::-1].astype(np.float32), verbose=0)
+    both = keras.ops.softmax(probs) + keras.ops.softmax(flipped)
+    assert np.mean(np.argmax(both, -1) == y_test) == pytest.approx(metrics["test_accuracy"])
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    args = [
+        *SMOKE,
+        "data.train_limit=128",
+        "trainer.epochs=1",
+        "model.width=4",
+        "model.depth_blocks=1",
+        "trainer.verbose=silent",
+    ]
+    weights = []
+    for name in ("a", "b"):
+        run("resnet_small", [*args, f"trainer.out_dir={tmp_path / name}"], echo=lambda *a: None)
+        model = keras.saving.load_model(tmp_path / name / "model.keras")
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        *SMOKE,
+        "trainer.epochs=1",
+        "model.width=4",
+        "model.depth_blocks=1",
+        f"trainer.out_dir={out}",
+        "trainer.verbose=silent",
+    ]
+    run("resnet_small", args, echo=lambda *a: None)
+    proc = run_cli("run", "recipe=resnet_small", *args, "optimizer.lr=0.3", "trainer.epochs=2")
+    assert proc.returncode == 2
+    assert "optimizer.lr: 0.1 -> 0.3" in proc.stderr and "trainer.epochs: 1 -> 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_killed_run_resumes_from_its_last_epoch(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "run",
+        "recipe=resnet_small",
+        *SMOKE,
+        "data.train_limit=512",
+        "trainer.epochs=4",
+        "model.width=4",
+        "model.depth_blocks=1",
+        f"trainer.out_dir={out}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = out / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epochs_completed"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # mid-epoch: no chance to clean up
+    proc.wait()
+    done = json.loads(state.read_text())["epochs_completed"]
+    assert 1 <= done < 4
+    assert not (out / "metrics.json").exists()
+
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resumed {out} from epoch {done}/4" in resumed.stdout
+    history = (out / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 4
+    # the schedule continued at the right step: the last epoch's rate is the cosine's value there
+    lr_column = history[0].split(",").index("learning_rate")
+    last_lr = float(history[-1].split(",")[lr_column])
+    steps = 4 * 8  # 4 epochs of 8 steps (512 training images / 64)
+    warmup = 2 * 8
+    decay_step = steps - 1 - warmup
+    expected = 0.1 * 0.5 * (1 + np.cos(np.pi * decay_step / (steps - warmup)))
+    assert last_lr == pytest.approx(expected, rel=1e-4)
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        *SMOKE,
+        "trainer.epochs=2",
+        "model.width=4",
+        "model.depth_blocks=1",
+        f"trainer.out_dir={out}",
+        "trainer.verbose=silent",
+    ]
+    run("resnet_small", args, echo=lambda *a: None)
+    newest = out / "checkpoints" / "epoch-002.keras"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
+    (out / "metrics.json").unlink()
+    messages = []
+    with pytest.warns(UserWarning, match="epoch-002.keras is damaged"):
+        result = run("resnet_small", args, echo=messages.append)
+    assert result.resumed_from == 1
+    assert result.metrics["epochs_completed"] == 2
+
+
+def test_diverging_run_exits_non_zero_and_says_so(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "run",
+        "recipe=mlp",
+        *SMOKE,
+        "trainer.epochs=2",
+        "optimizer.lr=1e4",
+        "model.width=32",
+        f"trainer.out_dir={out}",
+    )
+    assert proc.returncode == 3
+    assert "NaN guard" in proc.stderr and "optimizer.lr=" in proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "diverged"
+    model = keras.saving.load_model(out / "model.keras")
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
