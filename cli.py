@@ -33,8 +33,10 @@ VERBS = {
     "run": "train and evaluate a recipe: python cli.py run recipe=resnet_small [key=value ...]",
     "list": "list the recipes with a one-line description each",
     "show": "print the resolved config of a recipe with overrides, as YAML",
+    "check": "run the babysitting checklist (initial loss, overfit, learning rate, gradients, activations)",
 }
 EXIT_USAGE = 2
+EXIT_CHECK_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
@@ -108,7 +110,21 @@ def cmd_run(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show}
+def cmd_check(args: list[str]) -> int:
+    from recipes.checklist import format_table, run_checks
+
+    name, overrides = split_recipe(args)
+    results, out_dir = run_checks(name, overrides)
+    print("\n" + format_table(results))
+    failed = [r.name for r in results if r.status == "FAIL"]
+    print(
+        f"\nresults in {out_dir}/check.json"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "; no failures")
+    )
+    return EXIT_CHECK_FAILED if failed else 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,13 +40,27 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         self._warned = False
 
     def on_train_begin(self, logs=None):
+        self._collect_kernels()
+        self._step = 0
+        self._before = None
+
+    def measure_step(self, step) -> dict[str, float]:
+        """Ratios over one call of ``step`` outside ``fit``, e.g. ``lambda: model.train_on_batch(x, y)``.
+
+        Call :meth:`set_model` first.
+        """
+        self._collect_kernels()
+        self._before = self._snapshot()
+        step()
+        self._finish()
+        return self.latest
+
+    def _collect_kernels(self) -> None:
         self._kernels = {}
         for layer in self.model._flatten_layers(include_self=False, recursive=True):
             weights = [w for w in layer._trainable_variables if len(w.shape) >= 2]
             if weights:
                 self._kernels[layer.name] = weights
-        self._step = 0
-        self._before = None
 
     def _snapshot(self) -> dict[str, list[np.ndarray]]:
         return {

@@ -106,9 +106,8 @@ def build_mlp(cfg, stats: dict, *, drop_rate: float | None = None) -> keras.Mode
             x = _nonlinearity(m.activation, f"{m.activation}{i}")(x)
         if m.dropout > 0:
             x = keras.layers.Dropout(m.dropout, name=f"dropout{i}")(x)
-    outputs = keras.layers.Dense(stats["num_classes"], kernel_initializer=initializer(m.init), name="logits")(
-        x
-    )
+    # model.init is about the hidden layers; the classifier starts at zero so that the initial loss is ln(C)
+    outputs = keras.layers.Dense(stats["num_classes"], kernel_initializer="zeros", name="logits")(x)
     return keras.Model(inputs, outputs, name="mlp")
 
 

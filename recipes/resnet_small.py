@@ -108,5 +108,7 @@ def build_model(cfg: ResNetSmallConfig, stats: dict) -> keras.Model:
             x = _activation(m.activation, f"{name}_act2")(x)
             block += 1
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(stats["num_classes"], kernel_initializer="he_normal", name="logits")(x)
+    # A zero classifier starts at uniform predictions, so the initial loss is exactly ln(C) (the lecture's
+    # first sanity check); its gradient is not zero, so it learns from the first step.
+    outputs = keras.layers.Dense(stats["num_classes"], kernel_initializer="zeros", name="logits")(x)
     return keras.Model(inputs, outputs, name="resnet_small")
