@@ -33,6 +33,7 @@ VERBS = {
     "run": "train and evaluate a recipe: python cli.py run recipe=resnet_small [key=value ...]",
     "list": "list the recipes with a one-line description each",
     "show": "print the resolved config of a recipe with overrides, as YAML",
+    "tune": "keras-tuner search: tuner=random|grid|bayesian|hyperband|coarse_to_fine tune.max_trials=N",
     "check": "run the babysitting checklist (initial loss, overfit, learning rate, gradients, activations)",
 }
 EXIT_USAGE = 2
@@ -124,7 +125,15 @@ def cmd_check(args: list[str]) -> int:
     return EXIT_CHECK_FAILED if failed else 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "check": cmd_check}
+def cmd_tune(args: list[str]) -> int:
+    from tuners.search import run_search
+
+    name, rest = split_recipe(args)
+    run_search(name, rest)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "tune": cmd_tune, "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,18 +111,36 @@ def build_mlp(cfg, stats: dict, *, drop_rate: float | None = None) -> keras.Mode
     return keras.Model(inputs, outputs, name="mlp")
 
 
+def search_space(hp) -> dict:
+    """keras-tuner hyperparameters over the mlp's own config keys (rates on a log scale)."""
+    return {
+        "optimizer.lr": hp.Float("optimizer.lr", 1e-4, 1e-1, sampling="log", default=0.01),
+        "optimizer.weight_decay": hp.Float(
+            "optimizer.weight_decay", 1e-6, 1e-2, sampling="log", default=1e-4
+        ),
+        "optimizer.momentum": hp.Float("optimizer.momentum", 0.5, 0.95, default=0.9),
+        "model.activation": hp.Choice("model.activation", list(ACTIVATIONS), default="relu"),
+        "model.init": hp.Choice("model.init", list(INITS), default="he"),
+        "model.dropout": hp.Float("model.dropout", 0.0, 0.5, default=0.0),
+    }
+
+
 @register_recipe(
     "mlp",
     "fully connected baseline on flattened images; model.activation, model.init "
     "and model.dropout for the lecture's comparisons",
     MLPConfig,
+    search_space=search_space,
 )
 def build_model(cfg, stats: dict) -> keras.Model:
     return build_mlp(cfg, stats)
 
 
 @register_recipe(
-    "mlp_dropconnect", "the mlp with DropConnect hidden layers (model.drop_rate)", MLPDropConnectConfig
+    "mlp_dropconnect",
+    "the mlp with DropConnect hidden layers (model.drop_rate)",
+    MLPDropConnectConfig,
+    search_space=search_space,
 )
 def build_dropconnect_model(cfg, stats: dict) -> keras.Model:
     return build_mlp(cfg, stats, drop_rate=cfg.model.drop_rate)

@@ -14,6 +14,7 @@ class Recipe:
     description: str
     config_class: type
     build_model: Callable  # (cfg, data_stats) -> keras.Model, uncompiled
+    search_space: Callable | None = None  # (keras_tuner.HyperParameters) -> {config key: value}
 
     def config(self, overrides: list[str] | tuple[str, ...] = ()) -> object:
         """The recipe's default config with ``key=value`` overrides applied and validated."""
@@ -27,13 +28,19 @@ class Recipe:
 _RECIPES: dict[str, Recipe] = {}
 
 
-def register_recipe(name: str, description: str, config_class: type) -> Callable:
-    """Decorator for a recipe's ``build_model(cfg, stats)``; refuses a name that is already taken."""
+def register_recipe(
+    name: str, description: str, config_class: type, search_space: Callable | None = None
+) -> Callable:
+    """Decorator for a recipe's ``build_model(cfg, stats)``; refuses a name that is already taken.
+
+    ``search_space(hp)`` declares the recipe's keras-tuner hyperparameters, each named after the config
+    key it sets, and returns ``{key: sampled value}``.
+    """
 
     def decorate(build_model: Callable) -> Callable:
         if name in _RECIPES:
             raise ValueError(f"a recipe named '{name}' is already registered")
-        _RECIPES[name] = Recipe(name, description, config_class, build_model)
+        _RECIPES[name] = Recipe(name, description, config_class, build_model, search_space)
         return build_model
 
     return decorate

@@ -70,10 +70,25 @@ def survival_probabilities(num_blocks: int, final: float) -> list[float]:
     return linear_survival_probabilities(num_blocks, final)
 
 
+def search_space(hp) -> dict:
+    """keras-tuner hyperparameters over resnet_small's own config keys (rates on a log scale)."""
+    return {
+        "optimizer.lr": hp.Float("optimizer.lr", 1e-2, 1.0, sampling="log", default=0.1),
+        "optimizer.weight_decay": hp.Float(
+            "optimizer.weight_decay", 1e-5, 1e-2, sampling="log", default=5e-4
+        ),
+        "optimizer.momentum": hp.Float("optimizer.momentum", 0.8, 0.95, default=0.9),
+        "schedule.warmup_epochs": hp.Float("schedule.warmup_epochs", 0.0, 5.0, default=2.0),
+        "loss.label_smoothing": hp.Float("loss.label_smoothing", 0.0, 0.2, default=0.1),
+        "model.width": hp.Choice("model.width", [8, 16, 32], default=16),
+    }
+
+
 @register_recipe(
     "resnet_small",
     "CIFAR ResNet-20 family: SGD+Nesterov, warmup+cosine, label smoothing, crop+flip (91% test in 30 epochs)",
     ResNetSmallConfig,
+    search_space=search_space,
 )
 def build_model(cfg: ResNetSmallConfig, stats: dict) -> keras.Model:
     m = cfg.model

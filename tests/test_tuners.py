@@ -1,0 +1,230 @@
+"""keras-tuner search spaces, coarse-to-fine narrowing, trial tables and resumable searches."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import keras_tuner as kt
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, run_cli
+from tuners import coarse_to_fine, hypermodel, narrow_space, trials_frame
+
+FIXED = {"model__width": 32, "trainer__batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def tiny(sample_arrays):
+    x, y, xt, yt = sample_arrays
+    return x[:256], y[:256], (xt[:128], yt[:128])
+
+
+def _space(recipe):
+    hp = kt.HyperParameters()
+    hypermodel(recipe).recipe.search_space(hp)
+    return {p.name: p for p in hp.space}
+
+
+def test_search_spaces_are_named_after_config_keys_with_defaults():
+    hm = hypermodel("resnet_small")
+    cfg = hm.config(kt.HyperParameters())  # an empty HyperParameters: every default comes out
+    assert cfg.optimizer.lr == 0.1 and cfg.optimizer.weight_decay == 5e-4 and cfg.model.width == 16
+    assert cfg.loss.label_smoothing == 0.1 and cfg.schedule.warmup_epochs == 2.0
+    space = _space("resnet_small")
+    for key in (
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "optimizer.momentum",
+        "schedule.warmup_epochs",
+        "loss.label_smoothing",
+        "model.width",
+    ):
+        assert key in space
+    assert space["optimizer.lr"].sampling == "log" and space["optimizer.weight_decay"].sampling == "log"
+    assert {"model.activation", "model.init", "model.dropout"} <= set(_space("mlp"))
+
+
+def test_log_uniform_sampling_covers_decades_evenly():
+    lr = _space("resnet_small")["optimizer.weight_decay"]  # 1e-5 .. 1e-2: three decades
+    samples = np.array([lr.random_sample(seed) for seed in range(6000)])
+    assert samples.min() >= 1e-5 and samples.max() <= 1e-2
+    counts = np.histogram(np.log10(samples), bins=[-5, -4, -3, -2])[0]
+    # 2,000 expected per decade; the binomial std is ~37, allow 4 of them
+    assert np.all(np.abs(counts - 2000) < 150), counts
+
+
+def test_random_search_and_trials_frame(tmp_path, tiny):
+    x, y, val = tiny
+    tuner = kt.RandomSearch(
+        hypermodel("mlp", **FIXED),
+        objective="val_accuracy",
+        max_trials=3,
+        directory=str(tmp_path),
+        project_name="p",
+        seed=1,
+    )
+    tuner.search(x, y, validation_data=val, epochs=1, verbose=0)  # raw 0-255 images, as keras-tuner documents
+    frame = trials_frame(tuner)
+    assert len(frame) == 3 and frame["trial_id"].is_unique
+    for column in (
+        "trial_id",
+        "stage",
+        "status",
+        "optimizer.lr",
+        "model.activation",
+        "val_accuracy",
+        "best_epoch",
+        "wall_seconds",
+    ):
+        assert column in frame.columns
+    assert (frame["status"] == "COMPLETED").all() and (frame["wall_seconds"] > 0).all()
+    path = tmp_path / "trials.csv"
+    frame.to_csv(path, index=False)
+    again = pd.read_csv(path, dtype={"trial_id": str})
+    pd.testing.assert_frame_equal(again[frame.columns[3:-1]], frame[frame.columns[3:-1]], check_dtype=False)
+
+
+def test_coarse_to_fine_narrows_around_the_best_and_stage_two_stays_inside(tmp_path, tiny):
+    x, y, val = tiny
+    result = coarse_to_fine(
+        hypermodel("mlp", **FIXED),
+        x,
+        y,
+        val,
+        directory=str(tmp_path),
+        coarse_trials=4,
+        coarse_epochs=1,
+        fine_trials=3,
+        fine_epochs=1,
+        top_k=2,
+        verbose=0,
+    )
+    original = {p.name: p for p in result.coarse.oracle.get_space().space}
+    best = [t.hyperparameters.values for t in result.coarse.oracle.get_best_trials(2)]
+    stage2 = result.frame[result.frame["stage"] == 2]
+    assert len(stage2) == 3 and (result.frame["stage"] == 1).sum() == 4
+    for param in result.narrowed.space:
+        if isinstance(param, kt.engine.hyperparameters.Float):
+            wide = original[param.name]
+            assert wide.min_value <= param.min_value and param.max_value <= wide.max_value
+            f = math.log if param.sampling == "log" else float
+            assert f(param.max_value) - f(param.min_value) < f(wide.max_value) - f(wide.min_value)
+            for values in best:
+                assert param.min_value <= values[param.name] <= param.max_value
+            assert stage2[param.name].between(param.min_value, param.max_value).all()
+        else:
+            assert set(stage2[param.name]) <= set(param.values)
+
+
+def test_narrow_space_in_log_space():
+    hp = kt.HyperParameters()
+    hp.Float("optimizer.lr", 1e-4, 1.0, sampling="log")
+    narrowed = narrow_space(hp.space, [{"optimizer.lr": 1e-3}, {"optimizer.lr": 1e-2}], margin=0.5)
+    lr = narrowed.space[0]
+    assert lr.min_value == pytest.approx(10**-3.5) and lr.max_value == pytest.approx(10**-1.5)
+
+
+def test_diverging_trials_fail_with_their_reason_and_end_the_search(tmp_path, tiny):
+    x, y, val = tiny
+    hp = kt.HyperParameters()
+    hp.Fixed("optimizer.lr", 1e4)  # every trial diverges
+    tuner = kt.RandomSearch(
+        hypermodel("mlp", **FIXED),
+        objective="val_accuracy",
+        max_trials=5,
+        hyperparameters=hp,
+        tune_new_entries=True,
+        directory=str(tmp_path),
+        project_name="p",
+        max_consecutive_failed_trials=2,
+    )
+    with pytest.raises(RuntimeError, match="consecutive"):
+        tuner.search(x, y, validation_data=val, epochs=2, verbose=0)
+    frame = trials_frame(tuner)
+    assert (frame["status"] == "FAILED").all() and len(frame) == 2  # no retries
+    assert frame["message"].str.contains("diverged").all()
+
+
+def test_cli_search_killed_midway_resumes_with_the_remaining_trials(tmp_path):
+    out = tmp_path / "search"
+    args = [
+        "tune",
+        "recipe=mlp",
+        "tuner=random",
+        "tune.max_trials=4",
+        "data.name=sample",
+        "data.train_limit=256",
+        "data.val_size=100",
+        "model.width=16",
+        "trainer.epochs=1",
+        f"trainer.out_dir={out}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def completed() -> dict:
+        done = {}
+        for path in (out / "tuner" / "random").glob("trial_*/trial.json"):
+            try:
+                trial = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue
+            if trial["status"] == "COMPLETED":
+                done[trial["trial_id"]] = (trial["hyperparameters"]["values"], path.stat().st_mtime_ns)
+        return done
+
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(completed()) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = completed()
+    assert 2 <= len(before) < 4
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = completed()
+    assert len(after) == 4
+    for trial_id, (values, mtime) in before.items():
+        assert after[trial_id] == (values, mtime)  # finished trials were not rerun
+    frame = pd.read_csv(out / "trials.csv")
+    assert len(frame) == 4 and "python cli.py run recipe=mlp" in resumed.stdout
+    assert (out / "scores.png").exists()
+
+
+def test_truncated_state_file_gives_one_line(tmp_path):
+    out = tmp_path / "search"
+    args = [
+        "tune",
+        "recipe=mlp",
+        "tune.max_trials=1",
+        "data.name=sample",
+        "data.train_limit=128",
+        "data.val_size=50",
+        "model.width=8",
+        "trainer.epochs=1",
+        f"trainer.out_dir={out}",
+    ]
+    assert run_cli(*args).returncode == 0
+    oracle = out / "tuner" / "random" / "oracle.json"
+    oracle.write_text(oracle.read_text()[:20])
+    proc = run_cli(*args, "tune.max_trials=2")
+    assert proc.returncode == 2 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_tuner_options_are_one_line_errors(capsys):
+    import cli
+
+    assert cli.main(["tune", "recipe=mlp", "tuner=randon"]) == 2
+    assert "did you mean 'random'" in capsys.readouterr().err
+    assert cli.main(["tune", "recipe=mlp", "tune.max_trial=3"]) == 2
+    assert "did you mean 'tune.max_trials'" in capsys.readouterr().err

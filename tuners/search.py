@@ -1,0 +1,173 @@
+"""``python cli.py tune recipe=NAME tuner=... tune.max_trials=N [key=value ...]``."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras_tuner as kt
+
+from recipes.atomic import write_text
+from recipes.checkpoint import RunError
+from recipes.config import ConfigError, nearest
+from recipes.data import load_data
+from recipes.registry import get_recipe
+from tuners.coarse_to_fine import coarse_to_fine
+from tuners.hypermodel import RecipeHyperModel
+from tuners.results import log_scaled, plot_scores, trials_frame
+
+TUNERS = ("random", "grid", "bayesian", "hyperband", "coarse_to_fine")
+
+
+@dataclass
+class TuneOptions:
+    tuner: str = "random"
+    max_trials: int = 10  # trials (stage 1 for coarse_to_fine)
+    objective: str = "val_accuracy"
+    fine_trials: int = 5  # coarse_to_fine: stage-2 trials
+    fine_epochs: int = 0  # coarse_to_fine: stage-2 epochs (0 = twice trainer.epochs)
+    top_k: int = 3  # coarse_to_fine: stage-1 trials the ranges narrow around
+    max_consecutive_failed_trials: int = 3
+
+
+def parse_tune_args(args: list[str]) -> tuple[TuneOptions, list[str]]:
+    """Split ``tuner=`` and ``tune.*`` options from the recipe overrides."""
+    options, rest = TuneOptions(), []
+    fields = {f: type(getattr(options, f)) for f in vars(options)}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "tuner":
+            if value not in TUNERS:
+                raise ConfigError(
+                    f"tuner={value}: expected one of {', '.join(TUNERS)}{nearest(value, TUNERS)}"
+                )
+            options.tuner = value
+        elif key.startswith("tune."):
+            name = key[len("tune.") :]
+            if name not in fields or name == "tuner":
+                valid = [f"tune.{f}" for f in fields if f != "tuner"]
+                raise ConfigError(f"unknown key '{key}'{nearest(key, valid)}; valid: {', '.join(valid)}")
+            try:
+                setattr(options, name, fields[name](value))
+            except ValueError:
+                raise ConfigError(f"{key}={value}: expected {fields[name].__name__}") from None
+        else:
+            rest.append(arg)
+    if options.max_trials < 1:
+        raise ConfigError(f"tune.max_trials={options.max_trials}: expected a value >= 1")
+    return options, rest
+
+
+def make_tuner(
+    name: str, hypermodel, options: TuneOptions, directory: Path, seed: int, epochs: int
+) -> kt.Tuner:
+    common = dict(
+        objective=options.objective,
+        directory=str(directory),
+        project_name=name,
+        overwrite=False,
+        seed=seed,
+        max_consecutive_failed_trials=options.max_consecutive_failed_trials,
+    )
+    if name == "random":
+        return kt.RandomSearch(hypermodel, max_trials=options.max_trials, **common)
+    if name == "grid":
+        return kt.GridSearch(hypermodel, max_trials=options.max_trials, **common)
+    if name == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=options.max_trials, **common)
+    return kt.Hyperband(hypermodel, max_epochs=epochs, **common)
+
+
+def best_command(recipe: str, overrides: list[str], values: dict) -> str:
+    tuned = [f"{k}={_fmt(v)}" for k, v in values.items() if not k.startswith("tuner/")]
+    fixed = [
+        o for o in overrides if o.split("=", 1)[0] not in values and not o.startswith("trainer.out_dir=")
+    ]
+    return "python cli.py run " + " ".join(shlex.quote(a) for a in [f"recipe={recipe}", *fixed, *tuned])
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto") -> dict:
+    """Run (or resume) a search and write ``trials.csv``, ``scores.png`` and the keras-tuner directory."""
+    options, overrides = parse_tune_args(args)
+    recipe = get_recipe(recipe_name)
+    cfg = recipe.config(overrides)
+    if recipe.search_space is None:
+        raise ConfigError(f"recipe '{recipe_name}' declares no search space")
+    if not cfg.trainer.out_dir:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.trainer.out_dir = str(Path("runs") / f"tune-{recipe_name}-{stamp}")
+    out_dir = Path(cfg.trainer.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_data(cfg.data, seed=cfg.trainer.seed)
+    fixed = [o for o in overrides if not o.startswith("trainer.out_dir=")]
+    hm = RecipeHyperModel(
+        recipe_name, fixed, num_classes=data.num_classes, input_shape=data.x_train.shape[1:]
+    )
+    search = dict(validation_data=(data.x_val, data.y_val), verbose=verbose)
+    epochs = cfg.trainer.epochs
+    directory = out_dir / "tuner"
+    echo(
+        f"Tuning {recipe_name} with {options.tuner} on {len(data.x_train):,} images ({data.source}); "
+        f"keras-tuner directory {directory}"
+    )
+    try:
+        if options.tuner == "coarse_to_fine":
+            result = coarse_to_fine(
+                hm,
+                data.x_train,
+                data.y_train,
+                (data.x_val, data.y_val),
+                directory=str(directory),
+                coarse_trials=options.max_trials,
+                coarse_epochs=epochs,
+                fine_trials=options.fine_trials,
+                fine_epochs=options.fine_epochs or 2 * epochs,
+                top_k=options.top_k,
+                objective=options.objective,
+                seed=cfg.trainer.seed,
+                max_consecutive_failed_trials=options.max_consecutive_failed_trials,
+                verbose=verbose,
+            )
+            frame, tuners = result.frame, [result.coarse, result.fine]
+        else:
+            tuner = make_tuner(options.tuner, hm, options, directory, cfg.trainer.seed, epochs)
+            tuner.search(data.x_train, data.y_train, epochs=epochs, **search)
+            frame, tuners = trials_frame(tuner), [tuner]
+    except json.JSONDecodeError as e:
+        raise RunError(
+            f"a keras-tuner state file under {directory} is truncated ({e}); delete that folder to "
+            "start the search afresh"
+        ) from None
+    except RuntimeError as e:
+        if "consecutive" in str(e) or "failed" in str(e).lower():
+            raise RunError(
+                f"search stopped: {str(e).splitlines()[0]} (see the message column of "
+                f"{out_dir / 'trials.csv'})"
+            ) from None
+        raise
+    finally:
+        pass
+    write_text(out_dir / "trials.csv", frame.to_csv(index=False))
+    plot_scores(
+        frame, options.objective, set().union(*(log_scaled(t) for t in tuners)), out_dir / "scores.png"
+    )
+    done = frame[frame[options.objective].notna()]
+    if done.empty:
+        raise RunError(f"no trial finished; see {out_dir / 'trials.csv'}")
+    best = done.loc[done[options.objective].idxmax()]
+    space = [hp.name for t in tuners for hp in t.oracle.get_space().space]
+    values = {name: best[name] for name in dict.fromkeys(space) if name in best and best[name] == best[name]}
+    command = best_command(recipe_name, overrides, values)
+    echo(
+        f"\n{len(done)} of {len(frame)} trials finished; best {options.objective} {best[options.objective]:.4f}"
+    )
+    echo(f"trials in {out_dir / 'trials.csv'}, plot in {out_dir / 'scores.png'}")
+    echo(f"reproduce the best trial with:\n  {command}")
+    return {"frame": frame, "best_command": command, "out_dir": out_dir}
