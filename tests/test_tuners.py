@@ -228,3 +228,58 @@ def test_bad_tuner_options_are_one_line_errors(capsys):
     assert "did you mean 'random'" in capsys.readouterr().err
     assert cli.main(["tune", "recipe=mlp", "tune.max_trial=3"]) == 2
     assert "did you mean 'tune.max_trials'" in capsys.readouterr().err
+
+
+def test_search_space_bounds_can_be_overridden(tmp_path):
+    out = tmp_path / "search"
+    proc = run_cli(
+        "tune",
+        "recipe=mlp",
+        "tune.max_trials=3",
+        "space.optimizer.lr=0.002:0.004",
+        "space.model.activation=tanh,elu",
+        "data.name=sample",
+        "data.train_limit=128",
+        "data.val_size=50",
+        "model.width=8",
+        "trainer.epochs=1",
+        f"trainer.out_dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    frame = pd.read_csv(out / "trials.csv")
+    assert frame["optimizer.lr"].between(0.002, 0.004).all()
+    assert set(frame["model.activation"]) <= {"tanh", "elu"}
+
+
+def test_bad_space_bounds_are_one_line_errors(capsys):
+    import cli
+
+    assert cli.main(["tune", "recipe=mlp", "space.optimizer.lrr=1:2"]) == 2
+    assert "did you mean 'optimizer.lr'" in capsys.readouterr().err
+    assert cli.main(["tune", "recipe=mlp", "space.optimizer.lr=0.1"]) == 2
+    assert "expected LOW:HIGH" in capsys.readouterr().err
+    assert cli.main(["tune", "recipe=mlp", "space.model.activation=swishy"]) == 2
+    assert "swishy is not one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tuner", ["grid", "bayesian", "hyperband"])
+def test_every_keras_tuner_search_runs_on_a_recipe(tmp_path, tuner):
+    from tuners.search import run_search
+
+    result = run_search(
+        "mlp",
+        [
+            f"tuner={tuner}",
+            "tune.max_trials=2",
+            "data.name=sample",
+            "data.train_limit=128",
+            "data.val_size=50",
+            "model.width=8",
+            "trainer.epochs=2",
+            f"trainer.out_dir={tmp_path}",
+        ],
+        echo=lambda *a: None,
+        verbose=0,
+    )
+    assert len(result["frame"]) >= 2 and (tmp_path / "trials.csv").exists()
+    assert result["best_command"].startswith("python cli.py run recipe=mlp ")

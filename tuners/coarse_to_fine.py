@@ -70,13 +70,15 @@ def coarse_to_fine(
     seed: int = 0,
     overwrite: bool = False,
     max_consecutive_failed_trials: int = 3,
+    hyperparameters: kt.HyperParameters | None = None,
     **search_kwargs,
 ) -> CoarseToFineResult:
     """Stage 1: random search over the full space for ``coarse_epochs``. Stage 2: random search over the
     ranges narrowed around the ``top_k`` stage-1 trials (see :func:`narrow_space`) for ``fine_epochs``.
 
     Both stages live under ``directory`` (``<project_name>_stage1``, ``_stage2``); run again with the same
-    directory, a finished stage is reloaded and only the remaining trials run.
+    directory, a finished stage is reloaded and only the remaining trials run. ``hyperparameters``
+    pre-declares stage-1 ranges (user bounds); the rest of the space comes from the hypermodel.
     """
 
     def tuner(stage: int, max_trials: int, **kwargs) -> kt.Tuner:
@@ -92,7 +94,7 @@ def coarse_to_fine(
             **kwargs,
         )
 
-    coarse = tuner(1, coarse_trials)
+    coarse = tuner(1, coarse_trials, hyperparameters=hyperparameters, tune_new_entries=True)
     coarse.search(x, y, validation_data=validation_data, epochs=coarse_epochs, **search_kwargs)
     best = coarse.oracle.get_best_trials(top_k)
     if not best:

@@ -33,9 +33,57 @@ class TuneOptions:
     max_consecutive_failed_trials: int = 3
 
 
-def parse_tune_args(args: list[str]) -> tuple[TuneOptions, list[str]]:
-    """Split ``tuner=`` and ``tune.*`` options from the recipe overrides."""
-    options, rest = TuneOptions(), []
+def space_overrides(recipe, items: dict[str, str]) -> kt.HyperParameters | None:
+    """Hyperparameters re-declared with user bounds: ``space.optimizer.lr=1e-3:0.3`` narrows a numeric range
+    (keeping its sampling), ``space.model.activation=relu,elu`` restricts a choice."""
+    if not items:
+        return None
+    declared = kt.HyperParameters()
+    recipe.search_space(declared)
+    params = {p.name: p for p in declared.space}
+    hp = kt.HyperParameters()
+    for key, text in items.items():
+        if key not in params:
+            raise ConfigError(
+                f"space.{key}: not in {recipe.name}'s search space{nearest(key, params)}; "
+                f"tunable keys: {', '.join(params)}"
+            )
+        param = params[key]
+        if isinstance(param, kt.engine.hyperparameters.Choice):
+            kinds = {type(v) for v in param.values}
+            kind = kinds.pop() if len(kinds) == 1 else str
+            try:
+                values = [kind(v) for v in text.split(",")]
+            except ValueError:
+                raise ConfigError(f"space.{key}={text}: expected values like {param.values}") from None
+            unknown = [v for v in values if v not in param.values]
+            if unknown:
+                raise ConfigError(f"space.{key}={text}: {unknown[0]} is not one of {param.values}")
+            hp.Choice(key, values)
+            continue
+        try:
+            low, high = (float(v) for v in text.split(":"))
+        except ValueError:
+            raise ConfigError(
+                f"space.{key}={text}: expected LOW:HIGH, for example space.{key}="
+                f"{param.min_value:g}:{param.max_value:g}"
+            ) from None
+        if not low < high or (param.sampling == "log" and low <= 0):
+            raise ConfigError(
+                f"space.{key}={text}: expected 0 < LOW < HIGH"
+                if param.sampling == "log"
+                else f"space.{key}={text}: expected LOW < HIGH"
+            )
+        if isinstance(param, kt.engine.hyperparameters.Int):
+            hp.Int(key, int(low), int(high), sampling=param.sampling)
+        else:
+            hp.Float(key, low, high, sampling=param.sampling)
+    return hp
+
+
+def parse_tune_args(args: list[str]) -> tuple[TuneOptions, dict[str, str], list[str]]:
+    """Split ``tuner=``, ``tune.*`` options and ``space.*`` bounds from the recipe overrides."""
+    options, space, rest = TuneOptions(), {}, []
     fields = {f: type(getattr(options, f)) for f in vars(options)}
     for arg in args:
         key, _, value = arg.partition("=")
@@ -45,6 +93,8 @@ def parse_tune_args(args: list[str]) -> tuple[TuneOptions, list[str]]:
                     f"tuner={value}: expected one of {', '.join(TUNERS)}{nearest(value, TUNERS)}"
                 )
             options.tuner = value
+        elif key.startswith("space."):
+            space[key[len("space.") :]] = value
         elif key.startswith("tune."):
             name = key[len("tune.") :]
             if name not in fields or name == "tuner":
@@ -58,12 +108,19 @@ def parse_tune_args(args: list[str]) -> tuple[TuneOptions, list[str]]:
             rest.append(arg)
     if options.max_trials < 1:
         raise ConfigError(f"tune.max_trials={options.max_trials}: expected a value >= 1")
-    return options, rest
+    return options, space, rest
 
 
 def make_tuner(
-    name: str, hypermodel, options: TuneOptions, directory: Path, seed: int, epochs: int
+    name: str,
+    hypermodel,
+    options: TuneOptions,
+    directory: Path,
+    seed: int,
+    epochs: int,
+    hyperparameters: kt.HyperParameters | None = None,
 ) -> kt.Tuner:
+    """A keras-tuner tuner in ``directory/name`` that reloads an earlier search there (overwrite=False)."""
     common = dict(
         objective=options.objective,
         directory=str(directory),
@@ -71,6 +128,8 @@ def make_tuner(
         overwrite=False,
         seed=seed,
         max_consecutive_failed_trials=options.max_consecutive_failed_trials,
+        hyperparameters=hyperparameters,
+        tune_new_entries=True,
     )
     if name == "random":
         return kt.RandomSearch(hypermodel, max_trials=options.max_trials, **common)
@@ -95,11 +154,12 @@ def _fmt(value) -> str:
 
 def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto") -> dict:
     """Run (or resume) a search and write ``trials.csv``, ``scores.png`` and the keras-tuner directory."""
-    options, overrides = parse_tune_args(args)
+    options, space, overrides = parse_tune_args(args)
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
     if recipe.search_space is None:
         raise ConfigError(f"recipe '{recipe_name}' declares no search space")
+    bounds = space_overrides(recipe, space)
     if not cfg.trainer.out_dir:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg.trainer.out_dir = str(Path("runs") / f"tune-{recipe_name}-{stamp}")
@@ -137,7 +197,7 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
             )
             frame, tuners = result.frame, [result.coarse, result.fine]
         else:
-            tuner = make_tuner(options.tuner, hm, options, directory, cfg.trainer.seed, epochs)
+            tuner = make_tuner(options.tuner, hm, options, directory, cfg.trainer.seed, epochs, bounds)
             tuner.search(data.x_train, data.y_train, epochs=epochs, **search)
             frame, tuners = trials_frame(tuner), [tuner]
     except json.JSONDecodeError as e:
@@ -152,8 +212,6 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
                 f"{out_dir / 'trials.csv'})"
             ) from None
         raise
-    finally:
-        pass
     write_text(out_dir / "trials.csv", frame.to_csv(index=False))
     plot_scores(
         frame, options.objective, set().union(*(log_scaled(t) for t in tuners)), out_dir / "scores.png"
@@ -165,9 +223,8 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
     space = [hp.name for t in tuners for hp in t.oracle.get_space().space]
     values = {name: best[name] for name in dict.fromkeys(space) if name in best and best[name] == best[name]}
     command = best_command(recipe_name, overrides, values)
-    echo(
-        f"\n{len(done)} of {len(frame)} trials finished; best {options.objective} {best[options.objective]:.4f}"
-    )
+    score = best[options.objective]
+    echo(f"\n{len(done)} of {len(frame)} trials finished; best {options.objective} {score:.4f}")
     echo(f"trials in {out_dir / 'trials.csv'}, plot in {out_dir / 'scores.png'}")
     echo(f"reproduce the best trial with:\n  {command}")
     return {"frame": frame, "best_command": command, "out_dir": out_dir}
