@@ -9,6 +9,7 @@ import keras_tuner as kt
 import pandas as pd
 
 from tuners.results import trials_frame
+from tuners.resume import reconcile
 
 
 @dataclass
@@ -82,7 +83,7 @@ def coarse_to_fine(
     """
 
     def tuner(stage: int, max_trials: int, **kwargs) -> kt.Tuner:
-        return kt.RandomSearch(
+        made = kt.RandomSearch(
             hypermodel,
             objective=objective,
             max_trials=max_trials,
@@ -93,6 +94,8 @@ def coarse_to_fine(
             max_consecutive_failed_trials=max_consecutive_failed_trials,
             **kwargs,
         )
+        reconcile(made.oracle)
+        return made
 
     coarse = tuner(1, coarse_trials, hyperparameters=hyperparameters, tune_new_entries=True)
     coarse.search(x, y, validation_data=validation_data, epochs=coarse_epochs, **search_kwargs)

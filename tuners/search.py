@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ from recipes.config import ConfigError, nearest
 from recipes.data import load_data
 from recipes.registry import get_recipe
 from tuners.coarse_to_fine import coarse_to_fine
+from tuners.grid import ResumableGridSearch
 from tuners.hypermodel import RecipeHyperModel
 from tuners.results import log_scaled, plot_scores, trials_frame
+from tuners.resume import reconcile
 
 TUNERS = ("random", "grid", "bayesian", "hyperband", "coarse_to_fine")
 
@@ -134,7 +137,7 @@ def make_tuner(
     if name == "random":
         return kt.RandomSearch(hypermodel, max_trials=options.max_trials, **common)
     if name == "grid":
-        return kt.GridSearch(hypermodel, max_trials=options.max_trials, **common)
+        return ResumableGridSearch(hypermodel, max_trials=options.max_trials, **common)
     if name == "bayesian":
         return kt.BayesianOptimization(hypermodel, max_trials=options.max_trials, **common)
     return kt.Hyperband(hypermodel, max_epochs=epochs, **common)
@@ -152,9 +155,36 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def distributed_role() -> str | None:
+    """``"chief"``, ``"worker"`` or None, from keras-tuner's environment variables.
+
+    keras-tuner's chief serves its oracle over gRPC with no authentication or TLS on
+    ``KERASTUNER_ORACLE_IP``: when only the port and tuner id are set, bind to loopback.
+    """
+    if "KERASTUNER_TUNER_ID" not in os.environ:
+        return None
+    if "KERASTUNER_ORACLE_PORT" not in os.environ:
+        raise ConfigError(
+            "KERASTUNER_TUNER_ID is set but KERASTUNER_ORACLE_PORT is not: set both (and "
+            "KERASTUNER_ORACLE_IP on a trusted network) for a distributed search"
+        )
+    os.environ.setdefault("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
 def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto") -> dict:
-    """Run (or resume) a search and write ``trials.csv``, ``scores.png`` and the keras-tuner directory."""
+    """Run (or resume) a search and write ``trials.csv``, ``scores.png`` and the keras-tuner directory.
+
+    In keras-tuner's distributed mode the chief serves the oracle and writes the outputs when every trial is
+    done; workers run trials and return.
+    """
     options, space, overrides = parse_tune_args(args)
+    role = distributed_role()
+    if role and options.tuner == "coarse_to_fine":
+        raise ConfigError(
+            "tuner=coarse_to_fine runs two searches in turn; distribute each stage's search "
+            "separately, or use tuner=random"
+        )
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
     if recipe.search_space is None:
@@ -198,7 +228,12 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
             frame, tuners = result.frame, [result.coarse, result.fine]
         else:
             tuner = make_tuner(options.tuner, hm, options, directory, cfg.trainer.seed, epochs, bounds)
+            reconcile(tuner.oracle)
             tuner.search(data.x_train, data.y_train, epochs=epochs, **search)
+            if role == "worker":
+                worker = os.environ["KERASTUNER_TUNER_ID"]
+                echo(f"worker {worker}: no more trials; the chief writes the results")
+                return {"frame": None, "best_command": None, "out_dir": out_dir}
             frame, tuners = trials_frame(tuner), [tuner]
     except json.JSONDecodeError as e:
         raise RunError(
