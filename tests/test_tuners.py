@@ -33,7 +33,7 @@ def _space(recipe):
 def test_search_spaces_are_named_after_config_keys_with_defaults():
     hm = hypermodel("resnet_small")
     cfg = hm.config(kt.HyperParameters())  # an empty HyperParameters: every default comes out
-    assert cfg.optimizer.lr == 0.1 and cfg.optimizer.weight_decay == 5e-4 and cfg.model.width == 16
+    assert cfg.optimizer.lr == 0.1 and cfg.optimizer.weight_decay == 5e-3 and cfg.model.width == 16
     assert cfg.loss.label_smoothing == 0.1 and cfg.schedule.warmup_epochs == 2.0
     space = _space("resnet_small")
     for key in (
