@@ -75,7 +75,7 @@ def search_space(hp) -> dict:
     return {
         "optimizer.lr": hp.Float("optimizer.lr", 1e-2, 1.0, sampling="log", default=0.1),
         "optimizer.weight_decay": hp.Float(
-            "optimizer.weight_decay", 1e-4, 5e-2, sampling="log", default=5e-3
+            "optimizer.weight_decay", 1e-4, 1e-1, sampling="log", default=5e-3
         ),
         "optimizer.momentum": hp.Float("optimizer.momentum", 0.8, 0.95, default=0.9),
         "schedule.warmup_epochs": hp.Float("schedule.warmup_epochs", 0.0, 5.0, default=2.0),
