@@ -47,15 +47,8 @@ def main() -> None:
     spe = pipeline.steps_per_epoch(len(data.x_train), batch)
     model = recipe.build_model(cfg, data_stats(data))
     compile_model(model, cfg, spe)
-    train = pipeline.train_dataset(
-        data.x_train,
-        data.y_train,
-        num_classes=data.num_classes,
-        batch_size=batch,
-        seed=cfg.trainer.seed,
-        first_epoch=0,
-        epochs=args.epochs,
-        augment=cfg.data.augment,
+    train = pipeline.recipe_train_dataset(
+        cfg, data.x_train, data.y_train, num_classes=data.num_classes, batch_size=batch
     )
     print(
         f"data: {data.source}, {len(data.x_train)} training images; {keras.__version__=}; "

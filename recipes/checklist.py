@@ -7,7 +7,6 @@ plots (``lr_range.png``, ``activations.png``) into ``trainer.out_dir``.
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import keras
@@ -18,7 +17,7 @@ from recipes.atomic import write_json
 from recipes.config import apply_overrides, flat_dict
 from recipes.data import load_data
 from recipes.registry import get_recipe
-from recipes.train import build_optimizer, compile_model, data_stats, setup_determinism
+from recipes.train import build_optimizer, compile_model, data_stats, resolve_out_dir, setup_determinism
 
 # What "regularisation and augmentation off" means, for the keys a recipe has.
 REGULARISATION_OFF = {
@@ -47,10 +46,7 @@ def run_checks(
 ) -> tuple[list[checks.CheckResult], Path]:
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
-    if not cfg.trainer.out_dir:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg.trainer.out_dir = str(Path("runs") / f"check-{recipe.name}-{stamp}")
-    out_dir = Path(cfg.trainer.out_dir)
+    out_dir = resolve_out_dir(cfg, f"check-{recipe.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     data = load_data(cfg.data, seed=cfg.trainer.seed)

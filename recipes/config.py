@@ -80,8 +80,11 @@ class OptimizerConfig:
     nesterov: bool = spec(True, "Nesterov momentum (sgd)")
     # Keras decays weights outside the momentum buffer (w -= lr * wd * w each step), so 5e-3 here matches
     # the classic L2 of 5e-4 under momentum 0.9 (5e-4 / (1 - 0.9)); 5e-4 here is 10x weaker.
-    weight_decay: float = spec(5e-3, "decoupled weight decay (per step: w -= lr * wd * w); not applied to "
-                               "biases or batch norm", min=0.0)
+    weight_decay: float = spec(
+        5e-3,
+        "decoupled weight decay (per step: w -= lr * wd * w); not applied to biases or batch norm",
+        min=0.0,
+    )
     clipnorm: float | None = spec(None, "clip each gradient to this norm", min=0.0, min_exclusive=True)
 
 

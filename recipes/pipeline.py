@@ -87,6 +87,26 @@ def train_dataset(
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
+def recipe_train_dataset(
+    cfg, x: np.ndarray, y: np.ndarray, *, num_classes: int, batch_size: int, first_epoch: int = 0
+) -> tf.data.Dataset:
+    """:func:`train_dataset` with a recipe config's seed, epochs and ``data.*`` augmentation settings."""
+    d = cfg.data
+    return train_dataset(
+        x,
+        y,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        seed=cfg.trainer.seed,
+        first_epoch=first_epoch,
+        epochs=cfg.trainer.epochs,
+        augment=d.augment,
+        padding=d.crop_padding,
+        flip=d.flip,
+        cutout=d.cutout,
+    )
+
+
 def eval_dataset(x: np.ndarray, y: np.ndarray, *, num_classes: int, batch_size: int) -> tf.data.Dataset:
     """Un-augmented batches in order, every example kept."""
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32))).batch(batch_size)

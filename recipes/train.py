@@ -49,9 +49,9 @@ class RunResult:
     messages: list[str] = field(default_factory=list)
 
 
-def default_out_dir(recipe: str) -> Path:
+def default_out_dir(run_name: str) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{recipe}-{stamp}"
+    return Path("runs") / f"{run_name}-{stamp}"
 
 
 def library_versions() -> dict[str, str]:
@@ -173,9 +173,10 @@ def make_callbacks(cfg, data) -> tuple[list, object | None]:
     return cbs, guard
 
 
-def resolve_out_dir(recipe: Recipe, cfg) -> Path:
+def resolve_out_dir(cfg, run_name: str) -> Path:
+    """``trainer.out_dir``, defaulting (and recorded in the config) to ``runs/<run_name>-<timestamp>``."""
     if not cfg.trainer.out_dir:
-        cfg.trainer.out_dir = str(default_out_dir(recipe.name))
+        cfg.trainer.out_dir = str(default_out_dir(run_name))
     return Path(cfg.trainer.out_dir)
 
 
@@ -201,7 +202,7 @@ def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=p
     """Train and evaluate a recipe; resumes when ``trainer.out_dir`` holds an interrupted run."""
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
-    out_dir = resolve_out_dir(recipe, cfg)
+    out_dir = resolve_out_dir(cfg, recipe.name)
     state = load_state(out_dir)
     if state is not None:
         check_resume_config(out_dir, recipe, cfg)
@@ -267,18 +268,13 @@ def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=p
             f"{len(data.x_val):,}: epochs {first_epoch + 1}..{epochs}, {spe} steps of {batch}; "
             f"{model.count_params():,} parameters; run directory {out_dir}"
         )
-        train_ds = pipeline.train_dataset(
+        train_ds = pipeline.recipe_train_dataset(
+            cfg,
             data.x_train,
             data.y_train,
             num_classes=data.num_classes,
             batch_size=batch,
-            seed=cfg.trainer.seed,
             first_epoch=first_epoch,
-            epochs=epochs,
-            augment=cfg.data.augment,
-            padding=cfg.data.crop_padding,
-            flip=cfg.data.flip,
-            cutout=cfg.data.cutout,
         )
         val_ds = None
         if len(data.x_val):

@@ -95,19 +95,7 @@ class RecipeHyperModel(kt.HyperModel):
         batch = min(cfg.trainer.batch_size, len(x))
         spe = pipeline.steps_per_epoch(len(x), batch)
         compile_model(model, cfg, spe)  # the schedule spans this trial's epochs
-        train = pipeline.train_dataset(
-            x,
-            y,
-            num_classes=self.num_classes,
-            batch_size=batch,
-            seed=cfg.trainer.seed,
-            first_epoch=0,
-            epochs=epochs,
-            augment=cfg.data.augment,
-            padding=cfg.data.crop_padding,
-            flip=cfg.data.flip,
-            cutout=cfg.data.cutout,
-        )
+        train = pipeline.recipe_train_dataset(cfg, x, y, num_classes=self.num_classes, batch_size=batch)
         val = None
         if validation_data is not None:
             vx, vy = validation_data[0], np.asarray(validation_data[1]).reshape(-1).astype(np.int32)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shlex
@@ -16,6 +15,7 @@ from recipes.checkpoint import RunError
 from recipes.config import ConfigError, nearest
 from recipes.data import load_data
 from recipes.registry import get_recipe
+from recipes.train import resolve_out_dir
 from tuners.coarse_to_fine import coarse_to_fine
 from tuners.grid import ResumableGridSearch
 from tuners.hypermodel import RecipeHyperModel
@@ -190,10 +190,7 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
     if recipe.search_space is None:
         raise ConfigError(f"recipe '{recipe_name}' declares no search space")
     bounds = space_overrides(recipe, space)
-    if not cfg.trainer.out_dir:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg.trainer.out_dir = str(Path("runs") / f"tune-{recipe_name}-{stamp}")
-    out_dir = Path(cfg.trainer.out_dir)
+    out_dir = resolve_out_dir(cfg, f"tune-{recipe_name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg.data, seed=cfg.trainer.seed)
     fixed = [o for o in overrides if not o.startswith("trainer.out_dir=")]
