@@ -12,9 +12,10 @@ from keras.optimizers.schedules import (
     InverseTimeDecay,
     LearningRateSchedule,
     PiecewiseConstantDecay,
+    PolynomialDecay,
 )
 
-DECAYS = ("cosine", "step", "exponential", "inverse_time", "constant")
+DECAYS = ("cosine", "linear", "step", "exponential", "inverse_time", "constant")
 
 
 @keras.saving.register_keras_serializable(package="callbacks")
@@ -109,12 +110,17 @@ def decay_schedule(
 ) -> LearningRateSchedule | float:
     """One of Keras's own decays, parameterised in epochs (``step_epochs``, ``inverse_time_k`` per epoch).
 
-    ``cosine``: from ``lr`` to ``lr * final_lr_fraction`` over ``decay_steps``; ``step``: multiply by
+    ``cosine``: from ``lr`` to ``lr * final_lr_fraction`` over ``decay_steps``; ``linear``: the same
+    ends on a straight line (``PolynomialDecay`` of power 1); ``step``: multiply by
     ``decay_factor`` every ``step_epochs``; ``exponential``: the same factor, applied smoothly;
     ``inverse_time``: ``lr / (1 + k * epoch)``; ``constant``: ``lr``.
     """
     if name == "cosine":
         return CosineDecay(lr, decay_steps=max(1, decay_steps), alpha=final_lr_fraction)
+    if name == "linear":
+        return PolynomialDecay(
+            lr, decay_steps=max(1, decay_steps), end_learning_rate=lr * final_lr_fraction, power=1.0
+        )
     if name == "step":
         every = step_epochs * steps_per_epoch
         n_drops = max(0, (decay_steps - 1) // every) if every else 0
@@ -133,16 +139,24 @@ def decay_schedule(
 
 
 def warmup_schedule(
-    name: str, lr: float, *, epochs: float, steps_per_epoch: int, warmup_epochs: float = 0.0, **decay_kwargs
+    name: str,
+    lr: float,
+    *,
+    epochs: float,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    initial_lr_fraction: float = 0.0,
+    **decay_kwargs,
 ) -> LearningRateSchedule:
-    """Warmup over ``warmup_epochs`` then the ``name`` decay over the remaining epochs.
+    """Warmup from ``lr * initial_lr_fraction`` over ``warmup_epochs``, then the ``name`` decay over the
+    remaining epochs.
 
-    The whole schedule spans ``epochs * steps_per_epoch`` optimizer steps: a cosine reaches its final
-    value exactly at the last step.
+    The whole schedule spans ``epochs * steps_per_epoch`` optimizer steps: a cosine or linear decay
+    reaches its final value exactly at the last step.
     """
     total = max(1, round(epochs * steps_per_epoch))
     warmup = min(total - 1, round(warmup_epochs * steps_per_epoch))
     decay = decay_schedule(
         name, lr, decay_steps=total - warmup, steps_per_epoch=steps_per_epoch, **decay_kwargs
     )
-    return Warmup(decay, warmup_steps=warmup)
+    return Warmup(decay, warmup_steps=warmup, initial_lr=lr * initial_lr_fraction)

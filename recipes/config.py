@@ -36,9 +36,20 @@ def spec(
     min: float | None = None,
     max: float | None = None,
     min_exclusive: bool = False,
+    check: typing.Callable[[Any], None] | None = None,
 ) -> Any:
-    """A dataclass field with its documentation and validation rules."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+    """A dataclass field with its documentation and validation rules.
+
+    ``check(value)`` may add a rule of its own: it raises ``ValueError`` with what is expected.
+    """
+    meta = {
+        "help": help,
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+        "check": check,
+    }
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -69,6 +80,10 @@ class DataConfig:
     augment: bool = spec(True, "random crop + horizontal flip for training")
     crop_padding: int = spec(4, "pixels of padding for the random crop", min=0)
     flip: bool = spec(True, "random horizontal flip")
+    alternate_flip: bool = spec(
+        False, "flip each image on alternate epochs (at random in the first) instead of at random"
+    )
+    pad_mode: str = spec("zeros", "padding for the random crop", choices=("zeros", "reflect"))
     cutout: int = spec(0, "side of a random square cut out of each training image (0 = off)", min=0)
 
 
@@ -86,15 +101,30 @@ class OptimizerConfig:
         min=0.0,
     )
     clipnorm: float | None = spec(None, "clip each gradient to this norm", min=0.0, min_exclusive=True)
+    bias_lr_scale: float = spec(
+        1.0, "sgd: learning-rate multiplier of the batch-norm shifts (beta)", min=0.0, min_exclusive=True
+    )
+    lookahead_every: int = spec(0, "sgd: pull the weights back to a slow copy every N steps (0 = off)", min=0)
+    lookahead_decay: float = spec(
+        0.95**5,
+        "sgd lookahead: weight of the slow copy at the end (ramps up as (step/total)^3)",
+        min=0.0,
+        max=1.0,
+    )
 
 
 @dataclass
 class ScheduleConfig:
     name: str = spec(
-        "cosine", "decay after warmup", choices=("cosine", "step", "exponential", "inverse_time", "constant")
+        "cosine",
+        "decay after warmup",
+        choices=("cosine", "linear", "step", "exponential", "inverse_time", "constant"),
     )
-    warmup_epochs: float = spec(2.0, "linear warmup from 0 to optimizer.lr, in epochs", min=0.0)
-    final_lr_fraction: float = spec(0.0, "cosine: final rate as a fraction of the peak", min=0.0, max=1.0)
+    warmup_epochs: float = spec(2.0, "linear warmup to optimizer.lr, in epochs", min=0.0)
+    initial_lr_fraction: float = spec(0.0, "warmup starts at this fraction of optimizer.lr", min=0.0, max=1.0)
+    final_lr_fraction: float = spec(
+        0.0, "cosine, linear: final rate as a fraction of the peak", min=0.0, max=1.0
+    )
     step_epochs: int = spec(10, "step: epochs between drops", min=1)
     decay_factor: float = spec(
         0.1,
@@ -132,9 +162,17 @@ class TrainerConfig:
     batch_size: int = spec(128, "images per step", min=1)
     seed: int = spec(0, "seed for weights, shuffling and augmentation", min=0)
     out_dir: str | None = spec(None, "run directory (default runs/<recipe>-<timestamp>)")
+    budget: str | None = spec(
+        None,
+        "wall-clock budget (600, 90s, 10min, 1.5h): plan the steps that fit, fit the schedule to them",
+        check=lambda v: parse_duration(v),
+    )
     tta: bool = spec(
         False,
         "test-time augmentation: average the predictions of an image and its mirror image at evaluation",
+    )
+    tta_translate: int = spec(
+        0, "with tta: also average views shifted by this many pixels (and their mirror images)", min=0
     )
     deterministic: bool = spec(
         False,
@@ -154,6 +192,42 @@ class BaseConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> None:
+        """Rules that span keys."""
+        o = self.optimizer
+        if o.name != "sgd":
+            for key, value, off in (
+                ("bias_lr_scale", o.bias_lr_scale, 1.0),
+                ("lookahead_every", o.lookahead_every, 0),
+            ):
+                if value != off:
+                    raise ConfigError(
+                        f"optimizer.{key}={value} needs optimizer.name=sgd (got {o.name}); "
+                        f"set optimizer.name=sgd or optimizer.{key}={off}"
+                    )
+
+
+_DURATION_UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in ``600``, ``90s``, ``10min``, ``10m`` or ``1.5h``; ``ValueError`` names the forms."""
+    if text is None:
+        return None
+    raw = str(text).strip().lower()
+    number, unit = raw, "s"
+    for suffix in sorted(_DURATION_UNITS, key=len, reverse=True):
+        if raw.endswith(suffix):
+            number, unit = raw[: -len(suffix)].strip(), suffix
+            break
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise ValueError("expected seconds or a duration such as 600, 90s, 10min or 1.5h") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("expected a positive duration such as 600, 90s, 10min or 1.5h")
+    return seconds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,6 +304,11 @@ def check_value(key: str, value: Any, f: dataclasses.Field) -> None:
     meta = f.metadata
     if value is None:
         return
+    if meta.get("check"):
+        try:
+            meta["check"](value)
+        except ValueError as e:
+            raise ConfigError(f"{key}={value}: {e}") from None
     if meta.get("choices") and value not in meta["choices"]:
         options = ", ".join(map(str, meta["choices"]))
         raise ConfigError(

@@ -12,25 +12,35 @@ import tensorflow as tf
 
 
 def augment_batch(
-    images: tf.Tensor, seed: tf.Tensor, *, padding: int = 4, flip: bool = True, cutout: int = 0
+    images: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    padding: int = 4,
+    flip: bool = True,
+    cutout: int = 0,
+    pad_mode: str = "zeros",
+    mirror: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """Random crop after zero padding, horizontal flip and cutout, drawn independently per image.
+    """Random crop after padding (zeros or reflection), horizontal flip and cutout, drawn per image.
 
     ``images`` is a float batch (B, H, W, C); ``seed`` a shape-[2] int tensor for the stateless ops.
+    ``mirror`` (B booleans), when given, decides the flips instead of a coin.
     """
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
     seeds = tf.random.experimental.stateless_split(seed, 4)
     if padding > 0:
-        padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+        mode = "REFLECT" if pad_mode == "reflect" else "CONSTANT"
+        padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]], mode=mode)
         offsets = tf.random.stateless_uniform([b, 2], seeds[0], 0, 2 * padding + 1, dtype=tf.int32)
         rows = offsets[:, :1] + tf.range(h)[None, :]
         cols = offsets[:, 1:] + tf.range(w)[None, :]
         images = tf.gather(padded, rows, axis=1, batch_dims=1)
         images = tf.gather(images, cols, axis=2, batch_dims=1)
     if flip:
-        mirror = tf.random.stateless_uniform([b, 1, 1, 1], seeds[1]) < 0.5
-        images = tf.where(mirror, tf.reverse(images, axis=[2]), images)
+        if mirror is None:
+            mirror = tf.random.stateless_uniform([b], seeds[1]) < 0.5
+        images = tf.where(tf.reshape(mirror, [-1, 1, 1, 1]), tf.reverse(images, axis=[2]), images)
     if cutout > 0:
         cy = tf.random.stateless_uniform([b, 1], seeds[2], 0, h, dtype=tf.int32)
         cx = tf.random.stateless_uniform([b, 1], seeds[3], 0, w, dtype=tf.int32)
@@ -57,29 +67,45 @@ def train_dataset(
     padding: int = 4,
     flip: bool = True,
     cutout: int = 0,
+    alternate_flip: bool = False,
+    pad_mode: str = "zeros",
+    steps_per_epoch: int | None = None,
 ) -> tf.data.Dataset:
     """Batches for epochs ``first_epoch .. epochs-1``: a seeded permutation per epoch, the last partial
-    batch dropped, images augmented per batch, labels one-hot (for label smoothing)."""
+    batch dropped, images augmented per batch, labels one-hot (for label smoothing).
+
+    ``alternate_flip`` (airbench): each image is flipped at random in the first epoch and the opposite
+    way in every later epoch, so consecutive epochs see both orientations. ``steps_per_epoch`` shortens
+    every epoch to that many batches (a time budget's plan).
+    """
     n = len(x)
     batch_size = min(batch_size, n)
     images = tf.constant(x)
     labels = tf.constant(y.astype(np.int32))
+    first_flips = tf.random.stateless_uniform([n], tf.constant([seed, 0x5EED], tf.int64)) < 0.5
 
     def epoch_batches(epoch):
         order = tf.argsort(tf.random.stateless_uniform([n], tf.stack([tf.cast(seed, tf.int64), epoch])))
         batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+        if steps_per_epoch is not None:
+            batches = batches.take(steps_per_epoch)
         return batches.enumerate().map(lambda step, idx: (epoch, step, idx))
 
     def load(epoch, step, idx):
         xb = tf.cast(tf.gather(images, idx), tf.float32)
         yb = tf.one_hot(tf.gather(labels, idx), num_classes)
         if augment:
+            mirror = None
+            if flip and alternate_flip:
+                mirror = tf.not_equal(tf.gather(first_flips, idx), tf.equal(epoch % 2, 1))
             xb = augment_batch(
                 xb,
                 tf.stack([epoch * 1_000_003 + step, tf.cast(seed, tf.int64)]),
                 padding=padding,
                 flip=flip,
                 cutout=cutout,
+                pad_mode=pad_mode,
+                mirror=mirror,
             )
         return xb, yb
 
@@ -88,7 +114,14 @@ def train_dataset(
 
 
 def recipe_train_dataset(
-    cfg, x: np.ndarray, y: np.ndarray, *, num_classes: int, batch_size: int, first_epoch: int = 0
+    cfg,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    batch_size: int,
+    first_epoch: int = 0,
+    steps_per_epoch: int | None = None,
 ) -> tf.data.Dataset:
     """:func:`train_dataset` with a recipe config's seed, epochs and ``data.*`` augmentation settings."""
     d = cfg.data
@@ -104,6 +137,9 @@ def recipe_train_dataset(
         padding=d.crop_padding,
         flip=d.flip,
         cutout=d.cutout,
+        alternate_flip=d.alternate_flip,
+        pad_mode=d.pad_mode,
+        steps_per_epoch=steps_per_epoch,
     )
 
 

@@ -15,6 +15,9 @@ class Recipe:
     config_class: type
     build_model: Callable  # (cfg, data_stats) -> keras.Model, uncompiled
     search_space: Callable | None = None  # (keras_tuner.HyperParameters) -> {config key: value}
+    # (cfg, epoch_scale) -> callbacks the recipe's training needs; epoch_scale stretches epoch counts
+    # when a time budget plans a different number of epochs than trainer.epochs
+    train_callbacks: Callable | None = None
 
     def config(self, overrides: list[str] | tuple[str, ...] = ()) -> object:
         """The recipe's default config with ``key=value`` overrides applied and validated."""
@@ -29,18 +32,23 @@ _RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(
-    name: str, description: str, config_class: type, search_space: Callable | None = None
+    name: str,
+    description: str,
+    config_class: type,
+    search_space: Callable | None = None,
+    train_callbacks: Callable | None = None,
 ) -> Callable:
     """Decorator for a recipe's ``build_model(cfg, stats)``; refuses a name that is already taken.
 
     ``search_space(hp)`` declares the recipe's keras-tuner hyperparameters, each named after the config
-    key it sets, and returns ``{key: sampled value}``.
+    key it sets, and returns ``{key: sampled value}``. ``train_callbacks(cfg, epoch_scale)`` returns
+    callbacks the recipe's training needs (a layer frozen after some epochs, say).
     """
 
     def decorate(build_model: Callable) -> Callable:
         if name in _RECIPES:
             raise ValueError(f"a recipe named '{name}' is already registered")
-        _RECIPES[name] = Recipe(name, description, config_class, build_model, search_space)
+        _RECIPES[name] = Recipe(name, description, config_class, build_model, search_space, train_callbacks)
         return build_model
 
     return decorate
@@ -62,4 +70,4 @@ def list_recipes() -> list[Recipe]:
 
 def _load_builtin() -> None:
     # Importing a recipe module registers it.
-    from recipes import mlp, resnet_small  # noqa: F401
+    from recipes import fast, mlp, resnet_small  # noqa: F401

@@ -24,8 +24,9 @@ import callbacks  # noqa: F401  (registers the schedules a checkpoint's optimize
 import layers  # noqa: F401  (registers the custom layers a checkpoint may hold)
 from recipes import pipeline
 from recipes.atomic import write_json, write_text
+from recipes.budget import BudgetPlan, calibrate, planned_config
 from recipes.checkpoint import RunCheckpoint, history_csv, load_checkpoint, load_state, save_model
-from recipes.config import ConfigError, diff, from_dict, to_yaml
+from recipes.config import ConfigError, diff, from_dict, parse_duration, to_yaml
 from recipes.data import load_data
 from recipes.registry import Recipe, get_recipe
 
@@ -105,13 +106,26 @@ def build_optimizer(cfg, steps_per_epoch: int):
         epochs=cfg.trainer.epochs,
         steps_per_epoch=steps_per_epoch,
         warmup_epochs=s.warmup_epochs,
+        initial_lr_fraction=s.initial_lr_fraction,
         final_lr_fraction=s.final_lr_fraction,
         step_epochs=s.step_epochs,
         decay_factor=s.decay_factor,
         inverse_time_k=s.inverse_time_k,
     )
     common = dict(learning_rate=schedule, weight_decay=o.weight_decay or None, clipnorm=o.clipnorm)
-    if o.name == "sgd":
+    if o.name == "sgd" and (o.bias_lr_scale != 1.0 or o.lookahead_every):
+        from recipes.optimizers import LookaheadSGD
+
+        opt = LookaheadSGD(
+            momentum=o.momentum,
+            nesterov=o.nesterov,
+            lr_multipliers={"beta": o.bias_lr_scale} if o.bias_lr_scale != 1.0 else None,
+            lookahead_every=o.lookahead_every,
+            lookahead_decay=o.lookahead_decay,
+            total_steps=max(1, round(cfg.trainer.epochs * steps_per_epoch)),
+            **common,
+        )
+    elif o.name == "sgd":
         opt = keras.optimizers.SGD(momentum=o.momentum, nesterov=o.nesterov, **common)
     elif o.name == "adam":
         opt = keras.optimizers.Adam(beta_1=o.momentum, **common)
@@ -139,17 +153,41 @@ def data_stats(data) -> dict:
         "variance": var.tolist(),
         "num_classes": data.num_classes,
         "input_shape": tuple(int(d) for d in data.x_train.shape[1:]),
+        "images": data.x_train[:5000],  # for layers fitted to the data at build time (patch whitening)
     }
 
 
-def predict_tta(model, x: np.ndarray, batch_size: int, tta: bool) -> np.ndarray:
-    """Class probabilities; with ``tta``, the mean of the image's and its mirror image's."""
-    logits = model.predict(x, batch_size=batch_size, verbose=0)
-    probs = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
-    if tta:
-        flipped = model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)
-        probs = (probs + keras.ops.convert_to_numpy(keras.ops.softmax(flipped))) / 2
-    return probs
+def tta_views(x: np.ndarray, translate: int = 0) -> list[np.ndarray]:
+    """The image batch and its mirror image; with ``translate``, also both shifted by ``translate`` pixels
+    up-left and down-right (reflection fills the border), each with its mirror image."""
+    views = [x, x[:, :, ::-1]]
+    if translate:
+        t = translate
+        padded = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
+        h, w = x.shape[1:3]
+        for dy, dx in ((0, 0), (2 * t, 2 * t)):
+            shifted = padded[:, dy : dy + h, dx : dx + w]
+            views += [shifted, shifted[:, :, ::-1]]
+    return views
+
+
+def predict_views(model, x: np.ndarray, batch_size: int, tta: bool, translate: int = 0) -> list[np.ndarray]:
+    """The logits of each of :func:`tta_views` (only of ``x`` without ``tta``); the first is ``x``'s."""
+    views = tta_views(x, translate) if tta else [x]
+    return [
+        keras.ops.convert_to_numpy(model.predict(np.ascontiguousarray(v), batch_size=batch_size, verbose=0))
+        for v in views
+    ]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def predict_tta(model, x: np.ndarray, batch_size: int, tta: bool, translate: int = 0) -> np.ndarray:
+    """Class probabilities; with ``tta``, the mean over :func:`tta_views` of the softmax outputs."""
+    return np.mean([softmax(z) for z in predict_views(model, x, batch_size, tta, translate)], axis=0)
 
 
 def make_callbacks(cfg, data) -> tuple[list, object | None]:
@@ -198,16 +236,28 @@ def check_resume_config(out_dir: Path, recipe: Recipe, cfg) -> None:
         )
 
 
-def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=print) -> RunResult:
-    """Train and evaluate a recipe; resumes when ``trainer.out_dir`` holds an interrupted run."""
+def run(
+    recipe_name: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    echo=print,
+    extra_callbacks: list | tuple = (),
+) -> RunResult:
+    """Train and evaluate a recipe; resumes when ``trainer.out_dir`` holds an interrupted run.
+
+    ``extra_callbacks`` join the run's callbacks; one with an ``overhead_seconds`` attribute (a
+    measurement a benchmark makes) has that time left out of the budget accounting.
+    """
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
+    budget_seconds = parse_duration(cfg.trainer.budget)
     out_dir = resolve_out_dir(cfg, recipe.name)
     state = load_state(out_dir)
     if state is not None:
         check_resume_config(out_dir, recipe, cfg)
 
     data = load_data(cfg.data, seed=cfg.trainer.seed)
+    clock = time.perf_counter()  # the budget covers everything from here on
 
     setup_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -216,13 +266,20 @@ def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=p
         echo(SAMPLE_BANNER.format(n_train=len(data.x_train), reason=(data.notes or ["data.name=sample"])[0]))
     batch = min(cfg.trainer.batch_size, len(data.x_train))
     spe = pipeline.steps_per_epoch(len(data.x_train), batch)
+    eval_batch = max(batch, 256)
+    eval_passes = len(tta_views(data.x_test[:1], cfg.trainer.tta_translate)) if cfg.trainer.tta else 1
+    plan = None
+    run_cfg = cfg
 
     if state is not None:
+        if budget_seconds is not None:
+            plan = BudgetPlan.from_dict(json.loads((out_dir / "plan.json").read_text()))
+            run_cfg, spe = planned_config(cfg, plan), plan.steps_per_epoch
         model, state = load_checkpoint(out_dir, state)
         first_epoch = state["epochs_completed"]
         result.resumed_from = first_epoch
         echo(
-            f"Resumed {out_dir} from epoch {first_epoch}/{cfg.trainer.epochs} "
+            f"Resumed {out_dir} from epoch {first_epoch}/{run_cfg.trainer.epochs} "
             f"(checkpoint {state['checkpoint']}, best val_accuracy {state['best_val_accuracy']})"
         )
         rows, best, seconds = state["history"], state["best_val_accuracy"], state["train_seconds"]
@@ -230,6 +287,33 @@ def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=p
         model = recipe.build_model(cfg, data_stats(data))
         compile_model(model, cfg, spe)
         first_epoch, rows, best, seconds = 0, [], None, 0.0
+        if budget_seconds is not None:
+            try:
+                plan = calibrate(
+                    model,
+                    pipeline.recipe_train_dataset(
+                        cfg, data.x_train, data.y_train, num_classes=data.num_classes, batch_size=batch
+                    ),
+                    budget_seconds=budget_seconds,
+                    elapsed_seconds=time.perf_counter() - clock,
+                    steps_per_epoch=spe,
+                    configured_epochs=cfg.trainer.epochs,
+                    eval_images=data.x_test.astype(np.float32),
+                    eval_batch_size=eval_batch,
+                    val_examples=len(data.x_val),
+                    final_eval_passes=eval_passes,
+                )
+            except ValueError as e:
+                raise ConfigError(f"trainer.budget={cfg.trainer.budget}: {e}") from None
+            run_cfg, spe = planned_config(cfg, plan), plan.steps_per_epoch
+            compile_model(model, run_cfg, spe)  # a fresh optimizer over the planned schedule
+            write_json(out_dir / "plan.json", plan.as_dict())
+            echo(
+                f"Budget {budget_seconds:.0f}s: {plan.seconds_per_step * 1000:.0f} ms per step of {batch}, "
+                f"planned {plan.total_steps} steps ({plan.epochs} epochs of {plan.steps_per_epoch}, "
+                f"{plan.epoch_scale:.2f}x the configured schedule), {plan.reserved_seconds:.0f}s kept for "
+                "compiling, validation, checkpoints and the final evaluation"
+            )
         write_text(out_dir / "config.yaml", to_yaml(cfg))
         write_json(
             out_dir / "run_info.json",
@@ -248,17 +332,23 @@ def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=p
             },
         )
 
-    epochs = cfg.trainer.epochs
+    epochs = run_cfg.trainer.epochs
     checkpoint = RunCheckpoint(out_dir, rows, best, seconds)
     monitors, guard = make_callbacks(cfg, data)
-    run_callbacks = monitors + [
-        keras.callbacks.TensorBoard(
-            log_dir=str(out_dir / "tensorboard"), update_freq="epoch", profile_batch=0, write_graph=False
-        ),
-        checkpoint,
-        EtaPrinter(first_epoch, epochs, echo),
-        CompactProgbar(),
-    ]
+    if recipe.train_callbacks is not None:
+        monitors = recipe.train_callbacks(run_cfg, plan.epoch_length_scale if plan else 1.0) + monitors
+    run_callbacks = (
+        monitors
+        + list(extra_callbacks)
+        + [
+            keras.callbacks.TensorBoard(
+                log_dir=str(out_dir / "tensorboard"), update_freq="epoch", profile_batch=0, write_graph=False
+            ),
+            checkpoint,
+            EtaPrinter(first_epoch, epochs, echo),
+            CompactProgbar(),
+        ]
+    )
     verbose = {"auto": 1 if sys.stdout.isatty() else 2, "bar": 1, "epoch": 2, "silent": 0}[
         cfg.trainer.verbose
     ]
@@ -269,17 +359,18 @@ def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=p
             f"{model.count_params():,} parameters; run directory {out_dir}"
         )
         train_ds = pipeline.recipe_train_dataset(
-            cfg,
+            run_cfg,
             data.x_train,
             data.y_train,
             num_classes=data.num_classes,
             batch_size=batch,
             first_epoch=first_epoch,
+            steps_per_epoch=spe if plan else None,
         )
         val_ds = None
         if len(data.x_val):
             val_ds = pipeline.eval_dataset(
-                data.x_val, data.y_val, num_classes=data.num_classes, batch_size=max(batch, 256)
+                data.x_val, data.y_val, num_classes=data.num_classes, batch_size=eval_batch
             )
         model.fit(
             train_ds,
@@ -323,16 +414,12 @@ def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=p
         return result
 
     start = time.perf_counter()
-    test_ds = pipeline.eval_dataset(
-        data.x_test, data.y_test, num_classes=data.num_classes, batch_size=max(batch, 256)
-    )
-    test_loss = float(model.evaluate(test_ds, verbose=0, return_dict=True)["loss"])
-    probs = predict_tta(model, data.x_test.astype(np.float32), max(batch, 256), cfg.trainer.tta)
-    plain = (
-        predict_tta(model, data.x_test.astype(np.float32), max(batch, 256), False)
-        if cfg.trainer.tta
-        else probs
-    )
+    x_test = data.x_test.astype(np.float32)
+    logits = predict_views(model, x_test, eval_batch, cfg.trainer.tta, cfg.trainer.tta_translate)
+    probs = np.mean([softmax(z) for z in logits], axis=0)
+    plain = softmax(logits[0])
+    onehot = keras.ops.one_hot(data.y_test, data.num_classes)
+    test_loss = float(keras.ops.convert_to_numpy(model.loss(onehot, logits[0])))
     metrics.update(
         status="completed",
         test_accuracy=float(np.mean(probs.argmax(-1) == data.y_test)),
@@ -340,12 +427,34 @@ def run(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), *, echo=p
         test_loss=test_loss,
         test_examples=len(data.x_test),
         tta=cfg.trainer.tta,
+        tta_translate=cfg.trainer.tta_translate if cfg.trainer.tta else 0,
         eval_seconds=round(time.perf_counter() - start, 2),
     )
     save_model(model, out_dir / "model.keras")
+    overhead = sum(getattr(cb, "overhead_seconds", 0.0) for cb in extra_callbacks)
+    metrics["wall_seconds"] = round(time.perf_counter() - clock - overhead, 2)
+    if budget_seconds is not None:
+        metrics["budget"] = budget_report(
+            model, plan, metrics["wall_seconds"], resumed=result.resumed_from > 0
+        )
     write_json(out_dir / "metrics.json", metrics)
     result.metrics = metrics
     return result
+
+
+def budget_report(model, plan: BudgetPlan, used_seconds: float, resumed: bool) -> dict:
+    """How a budget was used: the plan, the seconds spent, and whether the schedule ran to its end."""
+    optimizer = model.optimizer
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    steps_done = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    return {
+        **plan.as_dict(),
+        "used_seconds": used_seconds if not resumed else None,  # a resumed run's clock restarted
+        "within_budget": used_seconds <= plan.budget_seconds if not resumed else None,
+        "steps_done": steps_done,
+        "schedule_completed": steps_done >= plan.total_steps,
+        "final_learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+    }
 
 
 def _eta_text(seconds: float) -> str:

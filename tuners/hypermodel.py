@@ -8,6 +8,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from layers import adapt_whitening
 from recipes import pipeline
 from recipes.data import validate
 from recipes.registry import get_recipe
@@ -92,6 +93,7 @@ class RecipeHyperModel(kt.HyperModel):
         cfg = self.config(hp, [f"trainer.epochs={epochs}"] if epochs else [])
         epochs = cfg.trainer.epochs
         model.get_layer("normalize").adapt(x[:10000].astype(np.float32))
+        adapt_whitening(model, x)  # patch-whitening layers see the normalised images
         batch = min(cfg.trainer.batch_size, len(x))
         spe = pipeline.steps_per_epoch(len(x), batch)
         compile_model(model, cfg, spe)  # the schedule spans this trial's epochs
@@ -103,13 +105,14 @@ class RecipeHyperModel(kt.HyperModel):
                 np.asarray(vx), vy, num_classes=self.num_classes, batch_size=max(batch, 256)
             )
         guard = NaNGuard(explosion_factor=cfg.callbacks.explosion_factor)
+        recipe_callbacks = self.recipe.train_callbacks(cfg, 1.0) if self.recipe.train_callbacks else []
         history = model.fit(
             train,
             validation_data=val,
             epochs=epochs,
             steps_per_epoch=spe,
             shuffle=False,
-            callbacks=[TrialTimer(), guard, *(callbacks or [])],
+            callbacks=[TrialTimer(), *recipe_callbacks, guard, *(callbacks or [])],
             verbose=verbose,
         )
         if guard.stopped:

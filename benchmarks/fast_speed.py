@@ -1,0 +1,118 @@
+"""A/B the ``fast`` recipe's speed settings in one process: images per second of training steps.
+
+    python benchmarks/fast_speed.py                      # every variant, 30 timed steps each
+    python benchmarks/fast_speed.py --variants base,relu --steps 50
+
+Each variant is a set of overrides of the ``fast`` config (or a speed setting: ``steps_per_execution``,
+bf16 mixed precision, thread counts). Variants run round-robin, ``--rounds`` times, so slow drifts of a
+shared machine hit them alike; the table reports the median images/s and the ratio to ``base``. Data is
+random (speed does not depend on it); accuracy effects are for the time-to-accuracy benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+VARIANTS: dict[str, dict] = {
+    "base": {},
+    "plain_sgd": {"overrides": ["optimizer.bias_lr_scale=1", "optimizer.lookahead_every=0"]},
+    "relu": {"overrides": ["model.activation=relu"]},
+    "batch256": {"overrides": ["trainer.batch_size=256"]},
+    "batch1024": {"overrides": ["trainer.batch_size=1024"]},
+    "spe4": {"steps_per_execution": 4},
+    "bf16": {"policy": "mixed_bfloat16"},
+    "wide64": {"overrides": ["model.width1=64", "model.width2=256", "model.width3=256"]},
+    "narrow24": {"overrides": ["model.width1=24", "model.width2=96", "model.width3=96"]},
+}
+
+
+def build(name: str, spec: dict, steps: int):
+    import keras
+    import numpy as np
+
+    from recipes.pipeline import train_dataset
+    from recipes.registry import get_recipe
+    from recipes.train import compile_model
+
+    keras.mixed_precision.set_global_policy(spec.get("policy", "float32"))
+    recipe = get_recipe("fast")
+    cfg = recipe.config(spec.get("overrides", []))
+    rng = np.random.default_rng(0)
+    n = cfg.trainer.batch_size * 8
+    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    stats = {
+        "mean": [125.0] * 3,
+        "variance": [4000.0] * 3,
+        "num_classes": 10,
+        "input_shape": (32, 32, 3),
+        "images": x[:500],
+    }
+    model = recipe.build_model(cfg, stats)
+    compile_model(model, cfg, steps_per_epoch=steps)
+    model.compile(
+        optimizer=model.optimizer,
+        loss=model.loss,
+        metrics=["accuracy"],
+        steps_per_execution=spec.get("steps_per_execution", 1),
+    )
+    ds = train_dataset(
+        x,
+        y,
+        num_classes=10,
+        batch_size=cfg.trainer.batch_size,
+        seed=0,
+        first_epoch=0,
+        epochs=10_000,
+        padding=2,
+        pad_mode="reflect",
+        alternate_flip=True,
+    )
+    keras.mixed_precision.set_global_policy("float32")
+    return model, ds.repeat(), cfg.trainer.batch_size
+
+
+def time_steps(model, ds, steps: int) -> float:
+    start = time.perf_counter()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    built = {n: build(n, VARIANTS[n], args.steps) for n in names}
+    for model, ds, _ in built.values():
+        time_steps(model, ds, 4)  # trace and warm up
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for n in names:
+            model, ds, batch = built[n]
+            seconds = time_steps(model, ds, args.steps)
+            rates[n].append(args.steps * batch / seconds)
+    base = statistics.median(rates[names[0]])
+    print(f"{'variant':<12} {'images/s':>9} {'ratio':>6}")
+    for n in names:
+        r = statistics.median(rates[n])
+        print(f"{n:<12} {r:9.0f} {r / base:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The ``fast`` recipe: builds, trains on real images, whitens, starts from identities; TTA averages views."""
+
+import json
+
+import keras
+import numpy as np
+
+from recipes.train import predict_tta, run
+
+SMOKE = [
+    "data.name=sample",
+    "data.train_limit=300",
+    "data.val_size=100",
+    "trainer.batch_size=50",
+    "trainer.epochs=1",
+    "trainer.verbose=silent",
+    "model.width1=8",
+    "model.width2=16",
+    "model.width3=16",
+]
+
+
+def test_fast_trains_one_epoch_on_real_images(tmp_path):
+    result = run("fast", [*SMOKE, f"trainer.out_dir={tmp_path}"], echo=lambda *a: None)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_completed"] == 1
+    assert metrics["tta"] is True and metrics["tta_translate"] == 1
+    assert np.isfinite(metrics["test_loss"]) and 0.0 <= metrics["test_accuracy"] <= 1.0
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    whiten = model.get_layer("whiten")
+    # the saved whitening kernel is the fitted one, not the identity it was built with
+    kernel = keras.ops.convert_to_numpy(whiten.kernel)
+    assert not np.allclose(kernel[..., :12].reshape(12, 12), np.eye(12))
+    assert float(keras.ops.convert_to_numpy(whiten.bias_gate)) == 1.0  # 1 epoch < whiten_bias_epochs
+    assert result.metrics["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_whitening_bias_freezes_after_its_epochs(tmp_path):
+    run(
+        "fast",
+        [*SMOKE, "trainer.epochs=2", "model.whiten_bias_epochs=1", f"trainer.out_dir={tmp_path}"],
+        echo=lambda *a: None,
+    )
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    assert float(keras.ops.convert_to_numpy(model.get_layer("whiten").bias_gate)) == 0.0
+
+
+def test_each_trick_is_a_switch(tmp_path):
+    from recipes.registry import get_recipe
+
+    recipe = get_recipe("fast")
+    cfg = recipe.config(
+        [
+            "model.whitening=false",
+            "model.identity_init=false",
+            "optimizer.lookahead_every=0",
+            "optimizer.bias_lr_scale=1",
+            "data.alternate_flip=false",
+            "trainer.tta=false",
+        ]
+    )
+    stats = {"mean": [0.0] * 3, "variance": [1.0] * 3, "num_classes": 10, "input_shape": (32, 32, 3)}
+    model = recipe.build_model(cfg, stats)
+    assert model.get_layer("whiten").__class__.__name__ == "Conv2D"
+    conv = keras.ops.convert_to_numpy(model.get_layer("block2_conv1").kernel)
+    assert conv[1, 1, 0, 0] != 1.0
+
+
+def test_partial_identity_convs_copy_their_input_channels():
+    from recipes.fast import PartialIdentity
+
+    kernel = keras.ops.convert_to_numpy(PartialIdentity()((3, 3, 4, 6)))
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype(np.float32)
+    y = keras.ops.convert_to_numpy(keras.ops.conv(x, kernel, padding="same"))
+    np.testing.assert_allclose(y[..., :4], x, atol=1e-6)  # the first 4 filters are identities
+    assert np.abs(kernel[..., 4:]).sum() > 0  # the others are random
+
+
+class PixelLinear(keras.Model):
+    """Logits that depend on where each pixel is, so that every view gives different predictions."""
+
+    def __init__(self):
+        super().__init__(name="pixel_linear")
+        self.w = np.random.default_rng(1).normal(size=(32 * 32 * 3, 10)).astype(np.float32) / 100
+
+    def call(self, x):
+        return keras.ops.matmul(keras.ops.reshape(x, (-1, 32 * 32 * 3)), self.w)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_tta_predicts_the_average_of_the_views():
+    model = PixelLinear()
+    x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+
+    def reflect(i):
+        return -i if i < 0 else (2 * 31 - i if i > 31 else i)
+
+    def shifted(img, d):  # out[i, j] = img[i + d, j + d], reflected at the border
+        idx = [reflect(i + d) for i in range(32)]
+        return img[:, idx][:, :, idx]
+
+    def probs(view):
+        return _softmax(view.reshape(len(view), -1) @ model.w)
+
+    views = [x, x[:, :, ::-1]]
+    for d in (-1, 1):
+        views += [shifted(x, d), shifted(x, d)[:, :, ::-1]]
+    expected = np.mean([probs(v) for v in views], axis=0)
+    np.testing.assert_allclose(predict_tta(model, x, 8, tta=True, translate=1), expected, rtol=1e-4)
+    flip_only = np.mean([probs(v) for v in views[:2]], axis=0)
+    np.testing.assert_allclose(predict_tta(model, x, 8, tta=True), flip_only, rtol=1e-4)
+    np.testing.assert_allclose(predict_tta(model, x, 8, tta=False), probs(x), rtol=1e-4)
+
+
+def test_alternating_flip_mirrors_each_image_the_other_way_on_the_next_epoch():
+    from recipes.pipeline import train_dataset
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(1, 256, (16, 32, 32, 3), dtype=np.uint8)
+    x[:, :, :16] = 0  # left half black: an image is mirrored when its right half is black
+    y = np.arange(16) % 10
+    ds = train_dataset(
+        x, y, num_classes=10, batch_size=16, seed=0, first_epoch=0, epochs=3, padding=0, alternate_flip=True
+    )
+    epochs = [images for images, _ in ds.as_numpy_iterator()]
+
+    def mirrored(images):
+        key = [np.sort(img.reshape(-1)).tobytes() for img in images]  # the same for an image and its mirror
+        return {k: bool(img[:, 16:].max() == 0) for k, img in zip(key, images)}
+
+    m0, m1, m2 = (mirrored(e) for e in epochs)
+    assert 0 < sum(m0.values()) < 16  # the first epoch flips at random
+    assert all(m1[k] != m0[k] for k in m0)  # then each image the other way
+    assert m2 == m0
