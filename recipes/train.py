@@ -258,6 +258,9 @@ def run(
 
     data = load_data(cfg.data, seed=cfg.trainer.seed)
     clock = time.perf_counter()  # the budget covers everything from here on
+    for cb in extra_callbacks:
+        if hasattr(cb, "start_clock"):
+            cb.start_clock(clock)
 
     setup_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
     out_dir.mkdir(parents=True, exist_ok=True)
