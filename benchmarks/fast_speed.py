@@ -25,12 +25,12 @@ VARIANTS: dict[str, dict] = {
     "base": {},
     "plain_sgd": {"overrides": ["optimizer.bias_lr_scale=1", "optimizer.lookahead_every=0"]},
     "relu": {"overrides": ["model.activation=relu"]},
-    "batch256": {"overrides": ["trainer.batch_size=256"]},
-    "batch1024": {"overrides": ["trainer.batch_size=1024"]},
+    "batch128": {"overrides": ["trainer.batch_size=128"]},
+    "batch512": {"overrides": ["trainer.batch_size=512"]},
     "spe4": {"steps_per_execution": 4},
     "bf16": {"policy": "mixed_bfloat16"},
-    "wide64": {"overrides": ["model.width1=64", "model.width2=256", "model.width3=256"]},
-    "narrow24": {"overrides": ["model.width1=24", "model.width2=96", "model.width3=96"]},
+    "airbench94": {"overrides": ["model.width1=64", "model.width2=256", "model.width3=256"]},
+    "narrow": {"overrides": ["model.width1=16", "model.width2=64", "model.width3=64"]},
 }
 
 

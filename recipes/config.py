@@ -106,8 +106,8 @@ class OptimizerConfig:
     )
     lookahead_every: int = spec(0, "sgd: pull the weights back to a slow copy every N steps (0 = off)", min=0)
     lookahead_decay: float = spec(
-        0.95**5,
-        "sgd lookahead: weight of the slow copy at the end (ramps up as (step/total)^3)",
+        0.7738,
+        "sgd lookahead: weight (0.95^5) of the slow copy at the end (ramps up as (step/total)^3)",
         min=0.0,
         max=1.0,
     )
@@ -173,6 +173,14 @@ class TrainerConfig:
     )
     tta_translate: int = spec(
         0, "with tta: also average views shifted by this many pixels (and their mirror images)", min=0
+    )
+    precision: str = spec(
+        "float32",
+        "float32, or mixed precision: mixed_float16 (GPUs), mixed_bfloat16 (recent CPUs, TPUs)",
+        choices=("float32", "mixed_float16", "mixed_bfloat16"),
+    )
+    jit_compile: str = spec(
+        "auto", "XLA compilation: auto (Keras: on for GPUs), true, false", choices=("auto", "true", "false")
     )
     deterministic: bool = spec(
         False,

@@ -72,7 +72,7 @@ class FastModelConfig:
     identity_init: bool = spec(True, "start each 3x3 conv as a partial identity (else He uniform)")
     bn_momentum: float = spec(0.6, "batch-norm moving-average momentum", min=0.0, max=0.9999)
     activation: str = spec("gelu", "nonlinearity", choices=("gelu", "relu", "swish"))
-    logit_scale: float = spec(1 / 9, "the logits are multiplied by this", min=0.0, min_exclusive=True)
+    logit_scale: float = spec(0.111111, "the logits are multiplied by this", min=0.0, min_exclusive=True)
 
 
 def _data() -> DataConfig:
@@ -96,7 +96,7 @@ def _optimizer() -> OptimizerConfig:
 def _schedule() -> ScheduleConfig:
     # airbench's triangle: from 0.2x up to the peak at 23% of training, then down to 0.07x.
     return ScheduleConfig(
-        name="linear", warmup_epochs=0.23 * 10, initial_lr_fraction=0.2, final_lr_fraction=0.07
+        name="linear", warmup_epochs=2.3, initial_lr_fraction=0.2, final_lr_fraction=0.07
     )
 
 
@@ -169,8 +169,8 @@ def build_model(cfg: FastConfig, stats: dict) -> keras.Model:
         x = _bn(m.bn_momentum, f"block{i}_bn2")(x)
         x = keras.layers.Activation(m.activation, name=f"block{i}_act2")(x)
     x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
-    x = keras.layers.Dense(stats["num_classes"], use_bias=False, name="head")(x)
-    outputs = keras.layers.Rescaling(m.logit_scale, name="logits")(x)
+    x = keras.layers.Dense(stats["num_classes"], use_bias=False, dtype="float32", name="head")(x)
+    outputs = keras.layers.Rescaling(m.logit_scale, dtype="float32", name="logits")(x)
     model = keras.Model(inputs, outputs, name="fast")
     if m.whitening and stats.get("images") is not None:
         adapt_whitening(model, stats["images"])

@@ -107,7 +107,9 @@ def build_mlp(cfg, stats: dict, *, drop_rate: float | None = None) -> keras.Mode
         if m.dropout > 0:
             x = keras.layers.Dropout(m.dropout, name=f"dropout{i}")(x)
     # model.init is about the hidden layers; the classifier starts at zero so that the initial loss is ln(C)
-    outputs = keras.layers.Dense(stats["num_classes"], kernel_initializer="zeros", name="logits")(x)
+    outputs = keras.layers.Dense(
+        stats["num_classes"], kernel_initializer="zeros", dtype="float32", name="logits"
+    )(x)  # float32 logits under mixed precision
     return keras.Model(inputs, outputs, name="mlp")
 
 

@@ -143,6 +143,7 @@ def compile_model(model, cfg, steps_per_epoch: int) -> None:
         optimizer=build_optimizer(cfg, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.loss.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile={"auto": "auto", "true": True, "false": False}[cfg.trainer.jit_compile],
     )
 
 
@@ -250,6 +251,15 @@ def run(
     """
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
+    previous_policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(cfg.trainer.precision)  # layers built from here take it
+    try:
+        return _run(recipe, cfg, overrides, echo, extra_callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
     budget_seconds = parse_duration(cfg.trainer.budget)
     out_dir = resolve_out_dir(cfg, recipe.name)
     state = load_state(out_dir)

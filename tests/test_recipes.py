@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import pytest
 
 from recipes.train import run
@@ -23,6 +24,7 @@ SMOKE = [
         ("mlp", ["model.width=64", "model.activation=maxout", "model.init=xavier"]),
         ("mlp", ["model.width=32", "model.activation=prelu", "model.init=small_random", "model.dropout=0.2"]),
         ("mlp_dropconnect", ["model.width=64", "model.drop_rate=0.3"]),
+        ("mlp", ["model.width=64", "trainer.precision=mixed_bfloat16", "trainer.jit_compile=false"]),
         (
             "resnet_small",
             [
@@ -42,6 +44,7 @@ def test_recipe_trains_one_epoch(tmp_path, recipe, overrides):
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert (tmp_path / "model.keras").exists() and (tmp_path / "history.csv").exists()
     assert result.metrics == metrics
+    assert keras.mixed_precision.global_policy().name == "float32"  # a run leaves the policy as it was
 
 
 def test_stochastic_depth_uses_the_linear_rule(tmp_path):
