@@ -95,9 +95,7 @@ def _optimizer() -> OptimizerConfig:
 
 def _schedule() -> ScheduleConfig:
     # airbench's triangle: from 0.2x up to the peak at 23% of training, then down to 0.07x.
-    return ScheduleConfig(
-        name="linear", warmup_epochs=2.3, initial_lr_fraction=0.2, final_lr_fraction=0.07
-    )
+    return ScheduleConfig(name="linear", warmup_epochs=2.3, initial_lr_fraction=0.2, final_lr_fraction=0.07)
 
 
 def _trainer() -> TrainerConfig:

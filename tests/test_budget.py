@@ -46,7 +46,7 @@ def test_plan_stretches_every_epoch_length_of_the_schedule():
 
 
 def test_budget_run_finishes_in_time_with_the_schedule_completed(tmp_path):
-    budget = 25.0
+    budget = 12.0
     overrides = [
         "data.name=sample",
         "data.val_size=500",
