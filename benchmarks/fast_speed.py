@@ -34,11 +34,11 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def build(name: str, spec: dict, steps: int):
+def build(spec: dict, steps: int):
     import keras
     import numpy as np
 
-    from recipes.pipeline import train_dataset
+    from recipes.pipeline import recipe_train_dataset
     from recipes.registry import get_recipe
     from recipes.train import compile_model
 
@@ -64,18 +64,7 @@ def build(name: str, spec: dict, steps: int):
         metrics=["accuracy"],
         steps_per_execution=spec.get("steps_per_execution", 1),
     )
-    ds = train_dataset(
-        x,
-        y,
-        num_classes=10,
-        batch_size=cfg.trainer.batch_size,
-        seed=0,
-        first_epoch=0,
-        epochs=10_000,
-        padding=2,
-        pad_mode="reflect",
-        alternate_flip=True,
-    )
+    ds = recipe_train_dataset(cfg, x, y, num_classes=10, batch_size=cfg.trainer.batch_size)
     keras.mixed_precision.set_global_policy("float32")
     return model, ds.repeat(), cfg.trainer.batch_size
 
@@ -98,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    built = {n: build(n, VARIANTS[n], args.steps) for n in names}
+    built = {n: build(VARIANTS[n], args.steps) for n in names}
     for model, ds, _ in built.values():
         time_steps(model, ds, 4)  # trace and warm up
     rates: dict[str, list[float]] = {n: [] for n in names}

@@ -60,6 +60,7 @@ class _StepTimer(keras.callbacks.Callback):
 
 def _time_predict(model, x: np.ndarray, batch_size: int) -> float:
     """Seconds per image of ``model.predict`` (the first call traces and is not counted)."""
+    x = x.astype(np.float32)
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)
     start = time.perf_counter()
     model.predict(x, batch_size=batch_size, verbose=0)
@@ -115,8 +116,9 @@ def calibrate(
     """Time ``CALIBRATION_STEPS`` training steps on ``train_ds`` (weights and optimizer restored after),
     then plan the steps that fit in what is left of ``budget_seconds``.
 
-    ``final_eval_passes``: forward passes over ``len(eval_images)`` test images at the end (one per TTA
-    view). Raises ``ValueError`` when not even one step fits.
+    ``eval_images``: the test images (raw; a slice is timed). ``final_eval_passes``: forward passes over
+    ``len(eval_images)`` test images at the end (one per TTA view). Raises ``ValueError`` when not even
+    one step fits.
     """
     start = time.perf_counter()
     weights = [np.array(w) for w in model.get_weights()]

@@ -311,7 +311,7 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
                     elapsed_seconds=time.perf_counter() - clock,
                     steps_per_epoch=spe,
                     configured_epochs=cfg.trainer.epochs,
-                    eval_images=data.x_test.astype(np.float32),
+                    eval_images=data.x_test,
                     eval_batch_size=eval_batch,
                     val_examples=len(data.x_val),
                     final_eval_passes=eval_passes,
