@@ -22,7 +22,7 @@ import numpy as np
 
 import callbacks  # noqa: F401  (registers the schedules a checkpoint's optimizer uses)
 import layers  # noqa: F401  (registers the custom layers a checkpoint may hold)
-from recipes import pipeline
+from recipes import optimizers, pipeline  # noqa: F401  (optimizers: registers LookaheadSGD for checkpoints)
 from recipes.atomic import write_json, write_text
 from recipes.budget import BudgetPlan, calibrate, planned_config
 from recipes.checkpoint import RunCheckpoint, history_csv, load_checkpoint, load_state, save_model
