@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -19,10 +20,18 @@ SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar-10-python.ta
 
 @pytest.fixture(autouse=True)
 def fresh_keras():
-    keras.backend.clear_session()
+    # free_memory=False: Keras's gc.collect() costs about a second per call once TensorFlow has loaded;
+    # the module-scoped fixture below collects once per test file instead
+    keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(0)
     yield
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def collect_garbage_per_module():
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -207,7 +207,30 @@ def test_cli_search_killed_midway_resumes_with_the_remaining_trials(tmp_path, tu
     assert (out / "scores.png").exists()
 
 
-def test_truncated_state_file_gives_one_line(tmp_path):
+def test_state_files_are_written_atomically(tmp_path, monkeypatch):
+    """A kill between writing keras-tuner's new state and renaming it over the old leaves the old state."""
+    from keras_tuner.src import utils as kt_utils
+
+    import recipes.atomic
+
+    oracle = kt.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=3)
+    oracle._set_project_dir(str(tmp_path), "project")
+    oracle.save()  # through keras-tuner's own call path
+    path = tmp_path / "project" / "oracle.json"
+    saved = json.loads(path.read_text())
+    assert "ongoing_trials" in saved
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes.atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        kt_utils.save_json(str(path), {"max_trials": 99, "padding": "x" * 100_000})
+    assert json.loads(path.read_text()) == saved
+    assert [p.name for p in tmp_path.rglob("*")] == ["project", "oracle.json"]  # no temporary left behind
+
+
+def test_torn_state_file_gives_one_line_naming_it(tmp_path):
     out = tmp_path / "search"
     args = [
         "tune",
@@ -221,10 +244,11 @@ def test_truncated_state_file_gives_one_line(tmp_path):
         f"trainer.out_dir={out}",
     ]
     assert run_cli(*args).returncode == 0
-    oracle = out / "tuner" / "random" / "oracle.json"
-    oracle.write_text(oracle.read_text()[:20])
+    trial = next((out / "tuner" / "random").glob("trial_*/trial.json"))
+    trial.write_text(trial.read_text()[:20])  # as an older keras-tuner writer left it when killed
     proc = run_cli(*args, "tune.max_trials=2")
-    assert proc.returncode == 2 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "torn" in proc.stderr and str(trial) in proc.stderr
 
 
 def test_bad_tuner_options_are_one_line_errors(capsys):

@@ -1,9 +1,12 @@
 """keras-tuner search spaces for the recipes, coarse-to-fine search, and trial tables
 (``from tuners import ...``)."""
 
+from tuners import atomic_state
 from tuners.coarse_to_fine import CoarseToFineResult, coarse_to_fine, narrow_space
 from tuners.hypermodel import RecipeHyperModel, hypermodel
 from tuners.results import plot_scores, trials_frame
+
+atomic_state.install()  # a killed search must leave state files it can resume from
 
 __all__ = [
     "CoarseToFineResult",

@@ -16,6 +16,7 @@ from recipes.config import ConfigError, nearest
 from recipes.data import load_data
 from recipes.registry import get_recipe
 from recipes.train import resolve_out_dir
+from tuners.atomic_state import torn_files
 from tuners.coarse_to_fine import coarse_to_fine
 from tuners.grid import ResumableGridSearch
 from tuners.hypermodel import RecipeHyperModel
@@ -233,9 +234,11 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
                 return {"frame": None, "best_command": None, "out_dir": out_dir}
             frame, tuners = trials_frame(tuner), [tuner]
     except json.JSONDecodeError as e:
+        torn = ", ".join(str(p) for p in torn_files(directory)) or f"a file under {directory}"
         raise RunError(
-            f"a keras-tuner state file under {directory} is truncated ({e}); delete that folder to "
-            "start the search afresh"
+            f"cannot resume the search: keras-tuner state {torn} is torn ({e}), left by a search killed "
+            "mid-write by an older version of this project; delete that trial's folder (or all of "
+            f"{directory} to start afresh)"
         ) from None
     except RuntimeError as e:
         if "consecutive" in str(e) or "failed" in str(e).lower():
