@@ -4,6 +4,11 @@ Cutting a long schedule short leaves the learning rate high when time runs out; 
 (or stretches) the whole schedule, warmup and decay, so the run ends inside the budget with the schedule
 completed. The budget covers everything after the data is in memory: building and compiling the model,
 this calibration, training, validation, checkpoints and the final (test-time augmented) evaluation.
+
+A shared machine slows down mid-run; :class:`BudgetKeeper` times every epoch and, when the epochs left
+would overrun, re-plans: fewer epochs, and the rest of the schedule (through :class:`Replannable`, and the
+lookahead ramp of :class:`recipes.optimizers.LookaheadSGD`) compressed into them, so the run still ends in
+time with its schedule completed.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import copy
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
@@ -35,6 +42,14 @@ class BudgetPlan:
     reserved_seconds: float  # compile, per-epoch validation and saving, final evaluation
     configured_epochs: int
     configured_steps_per_epoch: int
+    final_eval_seconds: float = 0.0  # the final evaluation and save, part of reserved_seconds
+    trace_seconds: float = 0.0  # the first training step's tracing, paid again by the first epoch
+    replans: list[dict] = field(default_factory=list)  # BudgetKeeper's re-plans, in order
+
+    @property
+    def stop_epoch(self) -> int:
+        """The epoch the run ends after: the planned one, or the last re-plan's."""
+        return self.replans[-1]["epochs"] if self.replans else self.epochs
 
     @property
     def epoch_length_scale(self) -> float:
@@ -46,7 +61,7 @@ class BudgetPlan:
 
     @classmethod
     def from_dict(cls, data: dict) -> BudgetPlan:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -165,6 +180,8 @@ def calibrate(
         reserved_seconds=round(final_eval + epochs * per_epoch + 2 * trace, 2),
         configured_epochs=configured_epochs,
         configured_steps_per_epoch=steps_per_epoch,
+        final_eval_seconds=round(final_eval, 2),
+        trace_seconds=round(trace, 2),
     )
 
 
@@ -180,3 +197,123 @@ def planned_config(cfg, plan: BudgetPlan):
     s.inverse_time_k = s.inverse_time_k / per_config_epoch
     planned.trainer.epochs = plan.epochs
     return planned
+
+
+@keras.saving.register_keras_serializable(package="recipes")
+class Replannable(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule`` read at an adjustable pace: step ``t`` gets ``schedule(position(t))`` with
+    ``position(t) = start_position + (t - start_step) * pace`` (the identity until :meth:`set_pace`).
+
+    :class:`BudgetKeeper` raises the pace mid-run so that the rest of the schedule, decay included, fits in
+    fewer steps. The pace lives in variables read by the compiled training step, so a change applies at
+    the next step without retracing; ``get_config`` records it, so a checkpoint resumes at that pace.
+    """
+
+    def __init__(self, schedule, start_step: float = 0.0, start_position: float = 0.0, pace: float = 1.0):
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        if not callable(schedule):
+            raise ValueError(f"`schedule` must be a LearningRateSchedule. Received: {schedule!r}")
+        self.schedule = schedule
+        self._pace = [
+            keras.Variable(float(v), dtype="float32", trainable=False, name=n)
+            for v, n in ((start_step, "start_step"), (start_position, "start_position"), (pace, "pace"))
+        ]
+
+    def position(self, step):
+        start_step, start_position, pace = self._pace
+        return start_position + (keras.ops.cast(step, "float32") - start_step) * pace
+
+    def __call__(self, step):
+        return self.schedule(self.position(step))
+
+    def set_pace(self, start_step: int, start_position: float, pace: float) -> None:
+        for variable, value in zip(self._pace, (start_step, start_position, pace)):
+            variable.assign(float(value))
+
+    def get_config(self) -> dict:
+        start_step, start_position, pace = (float(keras.ops.convert_to_numpy(v)) for v in self._pace)
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "start_step": start_step,
+            "start_position": start_position,
+            "pace": pace,
+        }
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer under mixed_float16
+
+
+class BudgetKeeper(keras.callbacks.Callback):
+    """Keeps a budget run inside its budget when the machine slows down after calibration.
+
+    At every epoch end it compares the time left (budget minus elapsed minus the final evaluation) with
+    what the remaining epochs cost at the latest measured pace (the slower of the last two epochs). When
+    they would overrun, it re-plans: the epochs that fit, and the rest of the learning-rate schedule (and
+    of LookaheadSGD's ramp) compressed into them, so the schedule still ends at its final value. A run
+    whose next epoch cannot fit stops at once, schedule incomplete, with a warning. Each re-plan goes to
+    ``on_replan`` (``plan.json`` and the log). The re-plans are in ``plan.replans``.
+
+    ``clock`` is the ``time.perf_counter()`` at which the budget started; ``None`` (a resumed run, whose
+    earlier time is unknown) only ends the run at the planned or re-planned epoch.
+    """
+
+    def __init__(
+        self, plan: BudgetPlan, clock: float | None, on_replan: Callable[[dict], None] | None = None
+    ):
+        super().__init__()
+        self.plan = plan
+        self.clock = clock
+        self.on_replan = on_replan
+        self._costs: list[float] = []
+
+    def on_train_begin(self, logs=None):
+        self._last = time.perf_counter()
+        self._costs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        cost = now - self._last
+        if not self._costs:  # this session's first epoch also traced the training and validation steps
+            cost = max(cost - 2 * self.plan.trace_seconds, 0.5 * cost)
+        self._costs.append(cost)
+        self._last = now
+        done = epoch + 1
+        if done >= self.plan.stop_epoch:
+            self.model.stop_training = True
+            return
+        if self.clock is None:
+            return
+        pace = max(self._costs[-2:])
+        left = self.plan.budget_seconds - (now - self.clock) - self.plan.final_eval_seconds
+        fits = max(0, math.floor(left / pace))
+        if fits < self.plan.stop_epoch - done:
+            self._replan(done, fits, pace)
+
+    def _replan(self, done: int, epochs_left: int, pace: float) -> None:
+        optimizer = _inner(self.model.optimizer)
+        schedule = getattr(optimizer, "_learning_rate", None)
+        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        steps_left = epochs_left * self.plan.steps_per_epoch
+        if steps_left and isinstance(schedule, Replannable):
+            position = float(keras.ops.convert_to_numpy(schedule.position(step)))
+            schedule.set_pace(step, position, (self.plan.total_steps - position) / steps_left)
+            if hasattr(optimizer, "set_total_steps"):
+                optimizer.set_total_steps(step + steps_left)
+        record = {
+            "after_epoch": done,
+            "epochs": done + epochs_left,
+            "total_steps": step + steps_left,
+            "seconds_per_epoch": round(pace, 2),
+        }
+        self.plan.replans.append(record)
+        if not steps_left:
+            self.model.stop_training = True
+            warnings.warn(
+                f"trainer.budget: at {pace:.0f}s per epoch not even one more epoch fits; stopping after "
+                f"epoch {done} with the schedule incomplete",
+                stacklevel=2,
+            )
+        if self.on_replan is not None:
+            self.on_replan(record)

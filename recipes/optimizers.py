@@ -66,11 +66,16 @@ class LookaheadSGD(keras.optimizers.SGD):
             return
         super().build(variables)
         self._multipliers = [self.multiplier(v.path) for v in variables]
-        self.slow_weights = []
-        if self.lookahead_every:
-            self.slow_weights = [self.add_variable_from_reference(v, "slow") for v in variables]
-            for slow, v in zip(self.slow_weights, variables):
-                slow.assign(v)
+        # Keras builds the optimizer while tracing the first training step, and TensorFlow traces a step
+        # that creates variables twice, dropping what the first trace assigned: initial values must come
+        # from initializers. planned_steps is a variable so that a budget re-plan can shorten the run.
+        self.planned_steps = self.add_variable(
+            (), initializer=keras.initializers.Constant(float(self.total_steps)), name="planned_steps"
+        )
+        self.slow_weights = [
+            self.add_variable_from_reference(v, "slow", initializer=_copy_of(v))
+            for v in (variables if self.lookahead_every else [])
+        ]
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
@@ -83,7 +88,7 @@ class LookaheadSGD(keras.optimizers.SGD):
 
     def _lookahead(self, slow, variable):
         step = ops.cast(self.iterations + 1, "float32")  # this update's 1-based number
-        total = float(self.total_steps)
+        total = self.planned_steps
         last = ops.equal(step, total)
         due = ops.logical_or(ops.equal(ops.mod(self.iterations + 1, self.lookahead_every), 0), last)
         decay = self.lookahead_decay * ops.power(ops.minimum(step / total, 1.0), 3.0)
@@ -94,6 +99,12 @@ class LookaheadSGD(keras.optimizers.SGD):
         self.assign(slow, new_slow)
         self.assign(variable, ops.where(due, new_slow, variable))
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """Move the end of the ramp (and the final switch to the slow weights) to ``total_steps``."""
+        self.total_steps = int(total_steps)
+        if self.built:
+            self.planned_steps.assign(float(self.total_steps))
+
     def get_config(self) -> dict:
         return {
             **super().get_config(),
@@ -102,3 +113,12 @@ class LookaheadSGD(keras.optimizers.SGD):
             "lookahead_decay": self.lookahead_decay,
             "total_steps": self.total_steps,
         }
+
+
+def _copy_of(variable):
+    """An initializer that starts a variable at ``variable``'s current value."""
+
+    def initializer(shape, dtype=None):
+        return ops.cast(ops.convert_to_tensor(variable), dtype or variable.dtype)
+
+    return initializer

@@ -24,7 +24,7 @@ import callbacks  # noqa: F401  (registers the schedules a checkpoint's optimize
 import layers  # noqa: F401  (registers the custom layers a checkpoint may hold)
 from recipes import optimizers, pipeline  # noqa: F401  (optimizers: registers LookaheadSGD for checkpoints)
 from recipes.atomic import write_json, write_text
-from recipes.budget import BudgetPlan, calibrate, planned_config
+from recipes.budget import BudgetKeeper, BudgetPlan, Replannable, calibrate, planned_config
 from recipes.checkpoint import RunCheckpoint, history_csv, load_checkpoint, load_state, save_model
 from recipes.config import ConfigError, diff, from_dict, parse_duration, to_yaml
 from recipes.data import load_data
@@ -112,6 +112,8 @@ def build_optimizer(cfg, steps_per_epoch: int):
         decay_factor=s.decay_factor,
         inverse_time_k=s.inverse_time_k,
     )
+    if cfg.trainer.budget is not None:
+        schedule = Replannable(schedule)  # BudgetKeeper may compress its end into fewer steps
     common = dict(learning_rate=schedule, weight_decay=o.weight_decay or None, clipnorm=o.clipnorm)
     if o.name == "sgd" and (o.bias_lr_scale != 1.0 or o.lookahead_every):
         from recipes.optimizers import LookaheadSGD
@@ -345,11 +347,26 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
             },
         )
 
-    epochs = run_cfg.trainer.epochs
+    epochs = plan.stop_epoch if plan else run_cfg.trainer.epochs
     checkpoint = RunCheckpoint(out_dir, rows, best, seconds)
     monitors, guard = make_callbacks(cfg, data)
     if recipe.train_callbacks is not None:
         monitors = recipe.train_callbacks(run_cfg, plan.epoch_length_scale if plan else 1.0) + monitors
+    if plan is not None:
+
+        def replanned(record: dict) -> None:
+            write_json(out_dir / "plan.json", plan.as_dict())
+            pace = f"\nBudget: epochs now take {record['seconds_per_epoch']:.0f}s, slower than planned"
+            if record["epochs"] == record["after_epoch"]:
+                echo(f"{pace}; no further epoch fits: stopping now, schedule incomplete")
+            else:
+                echo(
+                    f"{pace}; re-planned to end after epoch {record['epochs']} ({record['total_steps']} "
+                    "steps) with the rest of the schedule compressed to fit"
+                )
+
+        # before the checkpoint, which then saves the re-planned schedule
+        monitors = [BudgetKeeper(plan, None if result.resumed_from else clock, replanned), *monitors]
     run_callbacks = (
         monitors
         + list(extra_callbacks)
@@ -460,12 +477,16 @@ def budget_report(model, plan: BudgetPlan, used_seconds: float, resumed: bool) -
     optimizer = model.optimizer
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     steps_done = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    schedule = getattr(optimizer, "_learning_rate", None)
+    position = steps_done
+    if isinstance(schedule, Replannable):
+        position = float(keras.ops.convert_to_numpy(schedule.position(steps_done)))
     return {
         **plan.as_dict(),
         "used_seconds": used_seconds if not resumed else None,  # a resumed run's clock restarted
         "within_budget": used_seconds <= plan.budget_seconds if not resumed else None,
         "steps_done": steps_done,
-        "schedule_completed": steps_done >= plan.total_steps,
+        "schedule_completed": position >= plan.total_steps - 1e-3 * plan.total_steps,
         "final_learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
     }
 

@@ -1,10 +1,12 @@
 """``trainer.budget``: durations, the plan arithmetic, and a real run that ends in time, schedule done."""
 
 import json
+import time
 
+import keras
 import pytest
 
-from recipes.budget import BudgetPlan, planned_config
+from recipes.budget import BudgetKeeper, BudgetPlan, Replannable, planned_config
 from recipes.config import ConfigError, parse_duration
 from recipes.registry import get_recipe
 from recipes.train import run
@@ -70,6 +72,119 @@ def test_budget_run_finishes_in_time_with_the_schedule_completed(tmp_path):
     lr = get_recipe("mlp").config().optimizer.lr
     assert report["final_learning_rate"] == pytest.approx(0.1 * lr, rel=1e-4)  # the decay's end value
     assert json.loads((tmp_path / "plan.json").read_text())["total_steps"] == report["total_steps"]
+
+
+def test_replannable_compresses_the_rest_of_the_schedule_and_round_trips():
+    linear = keras.optimizers.schedules.PolynomialDecay(1.0, decay_steps=100, end_learning_rate=0.0)
+    schedule = Replannable(linear)
+    assert float(schedule(30)) == pytest.approx(0.7)  # the identity until a re-plan
+    schedule.set_pace(40, 40.0, 2.0)  # at step 40, the remaining 60 steps of schedule in 30
+    assert float(schedule(55)) == pytest.approx(1 - 70 / 100)
+    assert float(schedule(70)) == pytest.approx(0.0)  # the decay's end, 30 steps early
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert float(clone(55)) == pytest.approx(0.3) and clone.get_config()["pace"] == 2.0
+
+
+def _keeper_on_a_fake_clock(monkeypatch, plan):
+    import recipes.budget
+
+    now = [0.0]
+    monkeypatch.setattr(recipes.budget.time, "perf_counter", lambda: now[0])
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    linear = keras.optimizers.schedules.PolynomialDecay(
+        1.0, decay_steps=plan.total_steps, end_learning_rate=0.0
+    )
+    model.compile(optimizer=keras.optimizers.SGD(Replannable(linear)), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    records = []
+    keeper = BudgetKeeper(plan, clock=0.0, on_replan=records.append)
+    keeper.set_model(model)
+    keeper.on_train_begin()
+
+    def epoch(index: int, ends_at: float) -> None:
+        model.optimizer.iterations.assign((index + 1) * plan.steps_per_epoch)
+        now[0] = ends_at
+        keeper.on_epoch_end(index)
+
+    return model, epoch, records
+
+
+def _plan(**changes) -> BudgetPlan:
+    fields = dict(
+        budget_seconds=100.0,
+        epochs=10,
+        steps_per_epoch=10,
+        total_steps=100,
+        epoch_scale=1.0,
+        seconds_per_step=0.8,
+        calibration_seconds=1.0,
+        reserved_seconds=5.0,
+        configured_epochs=10,
+        configured_steps_per_epoch=10,
+        final_eval_seconds=5.0,
+    )
+    return BudgetPlan(**{**fields, **changes})
+
+
+def test_budget_keeper_compresses_the_schedule_when_epochs_slow_down(monkeypatch):
+    plan = _plan()
+    model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
+    epoch(0, 8.0)  # 8 s per epoch: 10 epochs and the final 5 s fit in 100 s
+    assert records == []
+    epoch(1, 20.0)  # 12 s: 8 more epochs would end at 116 s; 75 s left fit 6
+    assert records == [{"after_epoch": 2, "epochs": 8, "total_steps": 80, "seconds_per_epoch": 12.0}]
+    assert plan.stop_epoch == 8 and plan.replans == records
+    schedule = model.optimizer._learning_rate
+    # the remaining 80 steps of the schedule run in 60: position 20 + (t - 20) * 4/3
+    assert float(schedule(50)) == pytest.approx(1 - 60 / 100, rel=1e-5)
+    assert float(schedule(80)) == pytest.approx(0.0, abs=1e-6)
+    for index, ends_at in zip(range(2, 7), (32, 44, 56, 68, 80)):
+        epoch(index, ends_at)
+        assert not model.stop_training
+    epoch(7, 92.0)  # the re-planned last epoch; the final evaluation takes the last 5 s
+    assert model.stop_training and len(records) == 1
+
+
+def test_budget_keeper_stops_when_not_even_one_epoch_fits(monkeypatch):
+    plan = _plan()
+    model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
+    epoch(0, 8.0)
+    with pytest.warns(UserWarning, match="not even one more epoch fits"):
+        epoch(1, 90.0)  # 82 s for one epoch: the next would end past the budget
+    assert model.stop_training and records[-1]["epochs"] == 2
+
+
+class _Slowdown(keras.callbacks.Callback):
+    """The machine slows down after the first epoch: every later epoch takes ``seconds`` longer."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch:
+            time.sleep(self.seconds)
+
+
+def test_a_run_that_slows_down_ends_in_time_and_records_the_replan(tmp_path):
+    budget = 12.0
+    overrides = [
+        "data.name=sample",
+        "data.val_size=500",
+        "model.width=64",
+        "trainer.batch_size=64",
+        "trainer.epochs=50",
+        f"trainer.budget={budget:g}s",
+        "trainer.verbose=silent",
+        f"trainer.out_dir={tmp_path}",
+    ]
+    result = run("mlp", overrides, echo=lambda *a: None, extra_callbacks=[_Slowdown(0.3 * budget)])
+    report = result.metrics["budget"]
+    assert report["used_seconds"] <= budget * 1.1 + 2, report
+    if report["epochs"] > 2:  # a plan of 2 epochs ends in time even with the slowdown
+        assert report["replans"], report
+        assert result.metrics["epochs_completed"] == report["replans"][-1]["epochs"] < report["epochs"]
+        assert json.loads((tmp_path / "plan.json").read_text())["replans"] == report["replans"]
 
 
 def test_budget_too_small_for_anything_says_so(tmp_path):

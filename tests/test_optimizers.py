@@ -43,6 +43,38 @@ def test_lookahead_pulls_back_to_the_slow_weights_with_the_cubic_ramp():
     assert seen[-1] == pytest.approx(seen[-3])  # the last step returns to the slow weights of step 4
 
 
+def test_a_shortened_plan_moves_the_ramp_and_the_final_switch():
+    lr, every, decay = 0.1, 2, 0.5
+    w = keras.Variable(np.zeros(1, np.float32), name="w")
+    opt = LookaheadSGD(lr, lookahead_every=every, lookahead_decay=decay, total_steps=100)
+    fast, slow, expected, seen = 0.0, 0.0, [], []
+    for t in range(1, 8):
+        if t == 4:
+            opt.set_total_steps(7)  # after 3 steps the plan shrinks from 100 to 7 steps
+        total = 100 if t < 4 else 7
+        fast += lr
+        if t % every == 0 or t == total:
+            d = 1.0 if t == total else decay * (t / total) ** 3
+            slow += (1 - d) * (fast - slow)
+            fast = slow
+        expected.append(fast)
+        _steps(opt, [w], [-np.ones(1, np.float32)], 1)
+        seen.append(float(w.numpy()[0]))
+    np.testing.assert_allclose(seen, expected, rtol=1e-6)
+    assert seen[-1] == pytest.approx(seen[-2])  # step 7 ends on the slow weights of step 6
+
+
+def test_state_built_inside_fit_starts_from_the_weights_and_the_plan():
+    # Keras builds the optimizer while tracing the first step; values assigned there would be lost
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=LookaheadSGD(0.1, lookahead_every=100, total_steps=40), loss="mse")
+    start = model.layers[0].kernel.numpy()
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), batch_size=4, epochs=1, verbose=0)
+    slow = {v.path: v.numpy() for v in model.optimizer.slow_weights}
+    np.testing.assert_array_equal(slow[next(k for k in slow if "kernel" in k)], start)
+    assert float(model.optimizer.planned_steps.numpy()) == 40.0
+
+
 def test_config_round_trip_and_bad_arguments():
     opt = LookaheadSGD(
         0.2, momentum=0.85, nesterov=True, lr_multipliers={"beta": 8.0}, lookahead_every=5, total_steps=100
