@@ -248,7 +248,7 @@ def test_torn_state_file_gives_one_line_naming_it(tmp_path):
     trial.write_text(trial.read_text()[:20])  # as an older keras-tuner writer left it when killed
     proc = run_cli(*args, "tune.max_trials=2")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "torn" in proc.stderr and str(trial) in proc.stderr
+    assert "torn" in proc.stderr and str(trial) in proc.stderr and "delete those trial folders" in proc.stderr
 
 
 def test_bad_tuner_options_are_one_line_errors(capsys):

@@ -234,11 +234,13 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
                 return {"frame": None, "best_command": None, "out_dir": out_dir}
             frame, tuners = trials_frame(tuner), [tuner]
     except json.JSONDecodeError as e:
-        torn = ", ".join(str(p) for p in torn_files(directory)) or f"a file under {directory}"
+        torn = torn_files(directory)
+        names = ", ".join(str(p) for p in torn) or f"a file under {directory}"
+        trials_only = torn and all(p.name == "trial.json" for p in torn)
+        fix = "delete those trial folders" if trials_only else f"delete {directory} to start afresh"
         raise RunError(
-            f"cannot resume the search: keras-tuner state {torn} is torn ({e}), left by a search killed "
-            "mid-write by an older version of this project; delete that trial's folder (or all of "
-            f"{directory} to start afresh)"
+            f"cannot resume the search: keras-tuner state {names} is torn ({e}), left by a search killed "
+            f"mid-write by an older version of this project; {fix}"
         ) from None
     except RuntimeError as e:
         if "consecutive" in str(e) or "failed" in str(e).lower():
