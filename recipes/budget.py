@@ -25,6 +25,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from callbacks._util import unwrap_optimizer
+
 CALIBRATION_STEPS = 30
 SKIP_STEPS = 10  # the first step traces; the next ones run on prefetched batches
 SAFETY = 0.9  # plan on 90% of the time left: step times on a shared 2-core machine wander by 10-15%
@@ -241,8 +243,15 @@ class Replannable(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def _inner(optimizer):
-    return getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer under mixed_float16
+def schedule_position(optimizer) -> tuple[int, float]:
+    """The optimizer's step count, and where its schedule stands: a :class:`Replannable`'s position, else
+    the step itself."""
+    optimizer = unwrap_optimizer(optimizer)
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, Replannable):
+        return step, float(keras.ops.convert_to_numpy(schedule.position(step)))
+    return step, float(step)
 
 
 class BudgetKeeper(keras.callbacks.Callback):
@@ -292,12 +301,11 @@ class BudgetKeeper(keras.callbacks.Callback):
             self._replan(done, fits, pace)
 
     def _replan(self, done: int, epochs_left: int, pace: float) -> None:
-        optimizer = _inner(self.model.optimizer)
+        optimizer = unwrap_optimizer(self.model.optimizer)
         schedule = getattr(optimizer, "_learning_rate", None)
-        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        step, position = schedule_position(optimizer)
         steps_left = epochs_left * self.plan.steps_per_epoch
         if steps_left and isinstance(schedule, Replannable):
-            position = float(keras.ops.convert_to_numpy(schedule.position(step)))
             schedule.set_pace(step, position, (self.plan.total_steps - position) / steps_left)
             if hasattr(optimizer, "set_total_steps"):
                 optimizer.set_total_steps(step + steps_left)

@@ -22,9 +22,17 @@ import numpy as np
 
 import callbacks  # noqa: F401  (registers the schedules a checkpoint's optimizer uses)
 import layers  # noqa: F401  (registers the custom layers a checkpoint may hold)
+from callbacks._util import unwrap_optimizer
 from recipes import optimizers, pipeline  # noqa: F401  (optimizers: registers LookaheadSGD for checkpoints)
 from recipes.atomic import write_json, write_text
-from recipes.budget import BudgetKeeper, BudgetPlan, Replannable, calibrate, planned_config
+from recipes.budget import (
+    BudgetKeeper,
+    BudgetPlan,
+    Replannable,
+    calibrate,
+    planned_config,
+    schedule_position,
+)
 from recipes.checkpoint import RunCheckpoint, history_csv, load_checkpoint, load_state, save_model
 from recipes.config import ConfigError, diff, from_dict, parse_duration, to_yaml
 from recipes.data import load_data
@@ -474,20 +482,16 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
 
 def budget_report(model, plan: BudgetPlan, used_seconds: float, resumed: bool) -> dict:
     """How a budget was used: the plan, the seconds spent, and whether the schedule ran to its end."""
-    optimizer = model.optimizer
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    steps_done = int(keras.ops.convert_to_numpy(optimizer.iterations))
-    schedule = getattr(optimizer, "_learning_rate", None)
-    position = steps_done
-    if isinstance(schedule, Replannable):
-        position = float(keras.ops.convert_to_numpy(schedule.position(steps_done)))
+    steps_done, position = schedule_position(model.optimizer)
     return {
         **plan.as_dict(),
         "used_seconds": used_seconds if not resumed else None,  # a resumed run's clock restarted
         "within_budget": used_seconds <= plan.budget_seconds if not resumed else None,
         "steps_done": steps_done,
         "schedule_completed": position >= plan.total_steps - 1e-3 * plan.total_steps,
-        "final_learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+        "final_learning_rate": float(
+            keras.ops.convert_to_numpy(unwrap_optimizer(model.optimizer).learning_rate)
+        ),
     }
 
 

@@ -47,21 +47,30 @@ def test_plan_stretches_every_epoch_length_of_the_schedule():
     assert cfg.trainer.epochs == 30  # the original config is untouched
 
 
-def test_budget_run_finishes_in_time_with_the_schedule_completed(tmp_path):
-    budget = 12.0
-    overrides = [
+def _mlp_under_budget(tmp_path, budget: float, *extra: str) -> list[str]:
+    """Overrides for a small mlp run on the sample whose 50 epochs far exceed ``budget`` seconds."""
+    return [
         "data.name=sample",
-        "data.val_size=500",
         "model.width=64",
         "trainer.batch_size=64",
-        "trainer.epochs=50",  # far more than fits: the plan shrinks the schedule
+        "trainer.epochs=50",
         f"trainer.budget={budget:g}s",
+        "trainer.verbose=silent",
+        f"trainer.out_dir={tmp_path}",
+        *extra,
+    ]
+
+
+def test_budget_run_finishes_in_time_with_the_schedule_completed(tmp_path):
+    budget = 12.0
+    overrides = _mlp_under_budget(
+        tmp_path,
+        budget,
+        "data.val_size=500",
         "schedule.name=linear",
         "schedule.warmup_epochs=5",
         "schedule.final_lr_fraction=0.1",
-        "trainer.verbose=silent",
-        f"trainer.out_dir={tmp_path}",
-    ]
+    )
     result = run("mlp", overrides, echo=lambda *a: None)
     report = json.loads((tmp_path / "metrics.json").read_text())["budget"]
     assert report == result.metrics["budget"]
@@ -170,16 +179,7 @@ def test_a_run_that_slows_down_is_replanned_and_stops_at_the_new_plan(tmp_path):
     # The arithmetic of a re-plan is tested on a fake clock above; this checks the wiring in a real run.
     # No time assertion: on a loaded machine a single slowed epoch can outlast what is left.
     budget = 12.0
-    overrides = [
-        "data.name=sample",
-        "data.val_size=100",
-        "model.width=64",
-        "trainer.batch_size=64",
-        "trainer.epochs=50",
-        f"trainer.budget={budget:g}s",
-        "trainer.verbose=silent",
-        f"trainer.out_dir={tmp_path}",
-    ]
+    overrides = _mlp_under_budget(tmp_path, budget, "data.val_size=100")
     lines = []
     result = run("mlp", overrides, echo=lines.append, extra_callbacks=[_Slowdown(0.3 * budget)])
     report = result.metrics["budget"]

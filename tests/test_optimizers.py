@@ -21,25 +21,30 @@ def test_multiplier_scales_the_rate_of_matching_variables_only():
     np.testing.assert_allclose(beta.numpy(), 1 - 2 * 0.64, rtol=1e-6)
 
 
-def test_lookahead_pulls_back_to_the_slow_weights_with_the_cubic_ramp():
-    lr, every, decay, total = 0.1, 2, 0.5, 6
-    w = keras.Variable(np.zeros(1, np.float32), name="w")
-    opt = LookaheadSGD(lr, lookahead_every=every, lookahead_decay=decay, total_steps=total)
-    # Hand simulation: plain SGD with gradient -1 moves w by +lr per step; every 2nd step
-    # slow += (1 - d_t) * (w - slow), w = slow, with d_t = decay * (t / total)^3 and d = 1 at the end.
-    fast, slow, expected = 0.0, 0.0, []
-    for t in range(1, total + 1):
+def _hand_simulation(lr: float, every: int, decay: float, totals: list[int]) -> list[float]:
+    """The weight after each step of plain SGD with gradient -1 (``w += lr``) and lookahead: every
+    ``every`` steps and at the last planned step, ``slow += (1 - d_t) * (w - slow)`` and ``w = slow``,
+    with ``d_t = decay * (t / total)^3`` and ``d = 1`` at the end. ``totals[t-1]``: the plan at step t."""
+    fast, slow, weights = 0.0, 0.0, []
+    for t, total in enumerate(totals, start=1):
         fast += lr
         if t % every == 0 or t == total:
             d = 1.0 if t == total else decay * (t / total) ** 3
             slow += (1 - d) * (fast - slow)
             fast = slow
-        expected.append(fast)
+        weights.append(fast)
+    return weights
+
+
+def test_lookahead_pulls_back_to_the_slow_weights_with_the_cubic_ramp():
+    lr, every, decay, total = 0.1, 2, 0.5, 6
+    w = keras.Variable(np.zeros(1, np.float32), name="w")
+    opt = LookaheadSGD(lr, lookahead_every=every, lookahead_decay=decay, total_steps=total)
     seen = []
     for _ in range(total):
         _steps(opt, [w], [-np.ones(1, np.float32)], 1)
         seen.append(float(w.numpy()[0]))
-    np.testing.assert_allclose(seen, expected, rtol=1e-6)
+    np.testing.assert_allclose(seen, _hand_simulation(lr, every, decay, [total] * total), rtol=1e-6)
     assert seen[-1] == pytest.approx(seen[-3])  # the last step returns to the slow weights of step 4
 
 
@@ -47,19 +52,13 @@ def test_a_shortened_plan_moves_the_ramp_and_the_final_switch():
     lr, every, decay = 0.1, 2, 0.5
     w = keras.Variable(np.zeros(1, np.float32), name="w")
     opt = LookaheadSGD(lr, lookahead_every=every, lookahead_decay=decay, total_steps=100)
-    fast, slow, expected, seen = 0.0, 0.0, [], []
+    seen = []
     for t in range(1, 8):
         if t == 4:
             opt.set_total_steps(7)  # after 3 steps the plan shrinks from 100 to 7 steps
-        total = 100 if t < 4 else 7
-        fast += lr
-        if t % every == 0 or t == total:
-            d = 1.0 if t == total else decay * (t / total) ** 3
-            slow += (1 - d) * (fast - slow)
-            fast = slow
-        expected.append(fast)
         _steps(opt, [w], [-np.ones(1, np.float32)], 1)
         seen.append(float(w.numpy()[0]))
+    expected = _hand_simulation(lr, every, decay, [100] * 3 + [7] * 4)
     np.testing.assert_allclose(seen, expected, rtol=1e-6)
     assert seen[-1] == pytest.approx(seen[-2])  # step 7 ends on the slow weights of step 6
 
