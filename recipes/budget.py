@@ -5,10 +5,12 @@ Cutting a long schedule short leaves the learning rate high when time runs out; 
 completed. The budget covers everything after the data is in memory: building and compiling the model,
 this calibration, training, validation, checkpoints and the final (test-time augmented) evaluation.
 
-A shared machine slows down mid-run; :class:`BudgetKeeper` times every epoch and, when the epochs left
-would overrun, re-plans: fewer epochs, and the rest of the schedule (through :class:`Replannable`, and the
-lookahead ramp of :class:`recipes.optimizers.LookaheadSGD`) compressed into them, so the run still ends in
-time with its schedule completed.
+A shared machine's speed wanders: calibration can catch a slow moment, and the machine can slow down
+mid-run. :class:`BudgetKeeper` times every epoch and re-plans when the epochs left would overrun (fewer
+epochs) or when clearly more of them fit (more epochs, up to ``MAX_STRETCH`` times the calibrated plan):
+the rest of the schedule (through :class:`Replannable`, and the lookahead ramp of
+:class:`recipes.optimizers.LookaheadSGD`) is compressed or stretched into them, so the run still ends in
+time with its schedule completed, and does not leave a quarter of its budget unused.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from callbacks._util import unwrap_optimizer
 CALIBRATION_STEPS = 30
 SKIP_STEPS = 10  # the first step traces; the next ones run on prefetched batches
 SAFETY = 0.9  # plan on 90% of the time left: step times on a shared 2-core machine wander by 10-15%
+MAX_STRETCH = 2.0  # BudgetKeeper grows a plan to at most this many times its calibrated epochs
+GROW_MARGIN = 0.05  # ... and only while this fraction of the budget stays spare
 
 
 @dataclass
@@ -52,6 +56,11 @@ class BudgetPlan:
     def stop_epoch(self) -> int:
         """The epoch the run ends after: the planned one, or the last re-plan's."""
         return self.replans[-1]["epochs"] if self.replans else self.epochs
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs a re-plan may grow the plan to (the training loop's upper bound)."""
+        return max(self.epochs, math.ceil(self.epochs * MAX_STRETCH))
 
     @property
     def epoch_length_scale(self) -> float:
@@ -255,17 +264,23 @@ def schedule_position(optimizer) -> tuple[int, float]:
 
 
 class BudgetKeeper(keras.callbacks.Callback):
-    """Keeps a budget run inside its budget when the machine slows down after calibration.
+    """Keeps a budget run inside its budget, and using it, when the machine's speed changes after
+    calibration.
 
     At every epoch end it compares the time left (budget minus elapsed minus the final evaluation) with
     what the remaining epochs cost at the latest measured pace (the slower of the last two epochs). When
-    they would overrun, it re-plans: the epochs that fit, and the rest of the learning-rate schedule (and
-    of LookaheadSGD's ramp) compressed into them, so the schedule still ends at its final value. A run
-    whose next epoch cannot fit stops at once, schedule incomplete, with a warning. Each re-plan goes to
-    ``on_replan`` (``plan.json`` and the log). The re-plans are in ``plan.replans``.
+    they would overrun, it re-plans to the epochs that fit; when more epochs fit than are planned with
+    ``GROW_MARGIN`` of the budget to spare (calibration caught a slow moment), it re-plans to those, up to
+    ``plan.max_epochs`` (a margin of the time left instead would shrink with it and grow the plan again
+    at every epoch end). Either
+    way the rest of the learning-rate schedule (and of LookaheadSGD's ramp) is compressed or stretched into
+    the new plan, so it still ends at its final value. A run whose next epoch cannot fit stops at once,
+    schedule incomplete, with a warning. Each re-plan goes to ``on_replan`` (``plan.json`` and the log)
+    and to ``plan.replans``.
 
     ``clock`` is the ``time.perf_counter()`` at which the budget started; ``None`` (a resumed run, whose
-    earlier time is unknown) only ends the run at the planned or re-planned epoch.
+    earlier time is unknown) only ends the run at the planned or re-planned epoch. Run ``fit`` with
+    ``epochs=plan.max_epochs``: the keeper stops it at ``plan.stop_epoch``.
     """
 
     def __init__(
@@ -289,16 +304,19 @@ class BudgetKeeper(keras.callbacks.Callback):
         self._costs.append(cost)
         self._last = now
         done = epoch + 1
+        if self.clock is not None and done < self.plan.stop_epoch:
+            pace = max(self._costs[-2:])
+            left = self.plan.budget_seconds - (now - self.clock) - self.plan.final_eval_seconds
+            planned = self.plan.stop_epoch - done
+            spare = GROW_MARGIN * self.plan.budget_seconds
+            room = min(math.floor((left - spare) / pace), self.plan.max_epochs - done)
+            fits = max(0, math.floor(left / pace))
+            if fits < planned:
+                self._replan(done, fits, pace)
+            elif room > planned:
+                self._replan(done, room, pace)
         if done >= self.plan.stop_epoch:
             self.model.stop_training = True
-            return
-        if self.clock is None:
-            return
-        pace = max(self._costs[-2:])
-        left = self.plan.budget_seconds - (now - self.clock) - self.plan.final_eval_seconds
-        fits = max(0, math.floor(left / pace))
-        if fits < self.plan.stop_epoch - done:
-            self._replan(done, fits, pace)
 
     def _replan(self, done: int, epochs_left: int, pace: float) -> None:
         optimizer = unwrap_optimizer(self.model.optimizer)
@@ -314,10 +332,10 @@ class BudgetKeeper(keras.callbacks.Callback):
             "epochs": done + epochs_left,
             "total_steps": step + steps_left,
             "seconds_per_epoch": round(pace, 2),
+            "slower": done + epochs_left < self.plan.stop_epoch,
         }
         self.plan.replans.append(record)
         if not steps_left:
-            self.model.stop_training = True
             warnings.warn(
                 f"trainer.budget: at {pace:.0f}s per epoch not even one more epoch fits; stopping after "
                 f"epoch {done} with the schedule incomplete",

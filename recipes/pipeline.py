@@ -122,8 +122,10 @@ def recipe_train_dataset(
     batch_size: int,
     first_epoch: int = 0,
     steps_per_epoch: int | None = None,
+    epochs: int | None = None,
 ) -> tf.data.Dataset:
-    """:func:`train_dataset` with a recipe config's seed, epochs and ``data.*`` augmentation settings."""
+    """:func:`train_dataset` with a recipe config's seed, epochs (unless ``epochs`` is given: a budget's
+    upper bound) and ``data.*`` augmentation settings."""
     d = cfg.data
     return train_dataset(
         x,
@@ -132,7 +134,7 @@ def recipe_train_dataset(
         batch_size=batch_size,
         seed=cfg.trainer.seed,
         first_epoch=first_epoch,
-        epochs=cfg.trainer.epochs,
+        epochs=epochs or cfg.trainer.epochs,
         augment=d.augment,
         padding=d.crop_padding,
         flip=d.flip,

@@ -14,6 +14,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -356,6 +357,10 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
         )
 
     epochs = plan.stop_epoch if plan else run_cfg.trainer.epochs
+
+    def stop_epoch() -> int:  # a budget's BudgetKeeper may move it
+        return plan.stop_epoch if plan else epochs
+
     checkpoint = RunCheckpoint(out_dir, rows, best, seconds)
     monitors, guard = make_callbacks(cfg, data)
     if recipe.train_callbacks is not None:
@@ -364,13 +369,15 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
 
         def replanned(record: dict) -> None:
             write_json(out_dir / "plan.json", plan.as_dict())
-            pace = f"\nBudget: epochs now take {record['seconds_per_epoch']:.0f}s, slower than planned"
+            speed = "slower" if record["slower"] else "faster"
+            pace = f"\nBudget: epochs now take {record['seconds_per_epoch']:.0f}s, {speed} than planned"
             if record["epochs"] == record["after_epoch"]:
                 echo(f"{pace}; no further epoch fits: stopping now, schedule incomplete")
             else:
+                how = "compressed" if record["slower"] else "stretched"
                 echo(
                     f"{pace}; re-planned to end after epoch {record['epochs']} ({record['total_steps']} "
-                    "steps) with the rest of the schedule compressed to fit"
+                    f"steps) with the rest of the schedule {how} to fit"
                 )
 
         # before the checkpoint, which then saves the re-planned schedule
@@ -383,8 +390,8 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
                 log_dir=str(out_dir / "tensorboard"), update_freq="epoch", profile_batch=0, write_graph=False
             ),
             checkpoint,
-            EtaPrinter(first_epoch, epochs, echo),
-            CompactProgbar(),
+            EtaPrinter(first_epoch, stop_epoch, echo),
+            CompactProgbar(stop_epoch),
         ]
     )
     verbose = {"auto": 1 if sys.stdout.isatty() else 2, "bar": 1, "epoch": 2, "silent": 0}[
@@ -404,6 +411,7 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
             batch_size=batch,
             first_epoch=first_epoch,
             steps_per_epoch=spe if plan else None,
+            epochs=plan.max_epochs if plan else None,
         )
         val_ds = None
         if len(data.x_val):
@@ -413,7 +421,7 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
         model.fit(
             train_ds,
             validation_data=val_ds,
-            epochs=epochs,
+            epochs=plan.max_epochs if plan else epochs,  # BudgetKeeper stops it at plan.stop_epoch
             initial_epoch=first_epoch,
             steps_per_epoch=spe,
             callbacks=run_callbacks,
@@ -501,7 +509,16 @@ def _eta_text(seconds: float) -> str:
 
 class CompactProgbar(keras.callbacks.ProgbarLogger):
     """Keras's progress bar without the per-layer monitor keys (``dead_fraction/<layer>`` and the like),
-    which stay in History, history.csv and TensorBoard."""
+    which stay in History, history.csv and TensorBoard; its "Epoch k/N" shows ``stop_epoch()``, the run's
+    last epoch, which a budget's re-plan may move while ``fit`` runs to an upper bound."""
+
+    def __init__(self, stop_epoch: Callable[[], int]):
+        super().__init__()
+        self.stop_epoch = stop_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs = self.stop_epoch()
+        super().on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if "/" not in k})
@@ -510,16 +527,16 @@ class CompactProgbar(keras.callbacks.ProgbarLogger):
 class EtaPrinter(keras.callbacks.Callback):
     """After the first epoch of a session, print how long the remaining epochs should take."""
 
-    def __init__(self, first_epoch: int, epochs: int, echo):
+    def __init__(self, first_epoch: int, stop_epoch: Callable[[], int], echo):
         super().__init__()
-        self.first_epoch, self.epochs, self.echo = first_epoch, epochs, echo
+        self.first_epoch, self.stop_epoch, self.echo = first_epoch, stop_epoch, echo
         self._start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        left = self.epochs - epoch - 1
+        left = self.stop_epoch() - epoch - 1
         if epoch == self.first_epoch and left > 0:
             took = time.perf_counter() - self._start
             self.echo(

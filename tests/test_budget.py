@@ -138,20 +138,48 @@ def _plan(**changes) -> BudgetPlan:
 def test_budget_keeper_compresses_the_schedule_when_epochs_slow_down(monkeypatch):
     plan = _plan()
     model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
-    epoch(0, 8.0)  # 8 s per epoch: 10 epochs and the final 5 s fit in 100 s
+    epoch(0, 9.0)  # 9 s per epoch: 10 epochs and the final 5 s fit in 100 s, no room for an 11th
     assert records == []
-    epoch(1, 20.0)  # 12 s: 8 more epochs would end at 116 s; 75 s left fit 6
-    assert records == [{"after_epoch": 2, "epochs": 8, "total_steps": 80, "seconds_per_epoch": 12.0}]
+    epoch(1, 21.0)  # 12 s: 8 more epochs would end at 117 s; 74 s left fit 6
+    assert records == [
+        {"after_epoch": 2, "epochs": 8, "total_steps": 80, "seconds_per_epoch": 12.0, "slower": True}
+    ]
     assert plan.stop_epoch == 8 and plan.replans == records
     schedule = model.optimizer._learning_rate
     # the remaining 80 steps of the schedule run in 60: position 20 + (t - 20) * 4/3
     assert float(schedule(50)) == pytest.approx(1 - 60 / 100, rel=1e-5)
     assert float(schedule(80)) == pytest.approx(0.0, abs=1e-6)
-    for index, ends_at in zip(range(2, 7), (32, 44, 56, 68, 80)):
+    for index, ends_at in zip(range(2, 7), (33, 45, 57, 69, 81)):
         epoch(index, ends_at)
         assert not model.stop_training
-    epoch(7, 92.0)  # the re-planned last epoch; the final evaluation takes the last 5 s
+    epoch(7, 93.0)  # the re-planned last epoch; the final evaluation takes the last 5 s
     assert model.stop_training and len(records) == 1
+
+
+def test_budget_keeper_stretches_the_schedule_when_epochs_run_faster(monkeypatch):
+    plan = _plan()  # 10 epochs planned in 100 s, 5 s kept for the final evaluation
+    model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
+    epoch(0, 5.0)  # 5 s per epoch: 90 s left; keeping 5% of the budget spare, 17 more epochs fit
+    assert records == [
+        {"after_epoch": 1, "epochs": 18, "total_steps": 180, "seconds_per_epoch": 5.0, "slower": False}
+    ]
+    schedule = model.optimizer._learning_rate
+    # the remaining 90 positions of the schedule now span 170 steps: position 10 + (t - 10) * 90/170
+    assert float(schedule(90)) == pytest.approx(1 - (10 + 80 * 90 / 170) / 100, rel=1e-5)
+    assert float(schedule(180)) == pytest.approx(0.0, abs=1e-6)
+    for index in range(1, 17):  # a steady pace: the margin stays, and the plan does not creep
+        epoch(index, 5.0 * (index + 1))
+        assert not model.stop_training
+    epoch(17, 90.0)  # the grown plan's last epoch, then the final evaluation's 5 s, 5 s to spare
+    assert model.stop_training and len(records) == 1
+
+
+def test_budget_keeper_grows_a_plan_at_most_to_max_epochs(monkeypatch):
+    plan = _plan()
+    assert plan.max_epochs == 20
+    model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
+    epoch(0, 1.0)  # 1 s per epoch: 84 more would fit, but a plan grows to at most twice its length
+    assert records[-1]["epochs"] == 20 and plan.stop_epoch == 20
 
 
 def test_budget_keeper_stops_when_not_even_one_epoch_fits(monkeypatch):
@@ -188,6 +216,44 @@ def test_a_run_that_slows_down_is_replanned_and_stops_at_the_new_plan(tmp_path):
         assert result.metrics["epochs_completed"] == report["replans"][-1]["epochs"] < report["epochs"]
         assert json.loads((tmp_path / "plan.json").read_text())["replans"] == report["replans"]
         assert any("slower than planned" in line for line in lines)
+
+
+def test_a_run_planned_too_short_is_stretched_and_ends_in_time(tmp_path, monkeypatch):
+    # Calibration that catches a slow moment plans too few epochs; simulate it by planning on 40% of the
+    # time left instead of 90%. The keeper then grows the plan, and the run still ends in time with its
+    # schedule completed.
+    import recipes.budget
+    import recipes.train
+
+    budget = 12.0
+    real_calibrate = recipes.train.calibrate
+
+    def pessimistic_calibrate(*args, **kwargs):
+        with monkeypatch.context() as patch:
+            patch.setattr(recipes.budget, "SAFETY", 0.4)
+            return real_calibrate(*args, **kwargs)
+
+    monkeypatch.setattr(recipes.train, "calibrate", pessimistic_calibrate)
+    overrides = _mlp_under_budget(
+        tmp_path,
+        budget,
+        "data.train_limit=1100",  # short epochs: the plan has several, and a re-plan acts at epoch ends
+        "data.val_size=100",
+        "schedule.name=linear",
+        "schedule.final_lr_fraction=0.1",
+    )
+    lines = []
+    result = run("mlp", overrides, echo=lines.append)
+    report = result.metrics["budget"]
+    assert report["replans"] and not report["replans"][0]["slower"], report
+    grown = report["replans"][-1]["epochs"]
+    assert report["epochs"] < grown <= 2 * report["epochs"]
+    assert result.metrics["epochs_completed"] == grown
+    assert any("faster than planned" in line and "stretched" in line for line in lines)
+    assert report["schedule_completed"] and report["steps_done"] == report["replans"][-1]["total_steps"]
+    lr = get_recipe("mlp").config().optimizer.lr
+    assert report["final_learning_rate"] == pytest.approx(0.1 * lr, rel=1e-4)
+    assert report["used_seconds"] <= budget * 1.1 + 2, report
 
 
 def test_budget_too_small_for_anything_says_so(tmp_path):
