@@ -7,6 +7,10 @@ import warnings
 import keras
 import numpy as np
 
+from callbacks._util import current_learning_rate
+
+ANNEALED = 0.1  # a learning rate below this fraction of the run's peak: the schedule's decay tail
+
 
 class UpdateRatioLogger(keras.callbacks.Callback):
     """``||W_after - W_before|| / ||W_before||`` over one optimizer step, for every layer's kernels.
@@ -16,7 +20,9 @@ class UpdateRatioLogger(keras.callbacks.Callback):
     makes the ratio meaningless. Writes ``logs["update_ratio/<layer>"]`` (the last measurement) and
     ``logs["update_ratio"]`` (their median) at each epoch end, and warns once when the median leaves
     ``healthy_range`` (around 1e-3 is healthy: much lower and learning is too slow, much higher and it is
-    unstable). Only ``on_train_batch_begin`` is used, so Keras keeps its asynchronous batch-end dispatch.
+    unstable). A low ratio while the learning rate has decayed below a tenth of its peak so far is the
+    schedule annealing, as intended, and gets no warning. Only ``on_train_batch_begin`` is used, so Keras
+    keeps its asynchronous batch-end dispatch.
 
     Args:
         every_n_steps: steps between measurements, taken over steps 1, n+1, 2n+1, ... (step 0 is
@@ -38,6 +44,8 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         self._before: dict[str, list[np.ndarray]] | None = None
         self._step = 0
         self._warned = False
+        self._peak_lr = 0.0
+        self._measured_lr = 0.0
 
     def on_train_begin(self, logs=None):
         self._collect_kernels()
@@ -91,6 +99,8 @@ class UpdateRatioLogger(keras.callbacks.Callback):
             self._finish()
         if self._step % self.every_n_steps == 1 % self.every_n_steps:
             self._before = self._snapshot()
+            self._measured_lr = current_learning_rate(self.model.optimizer, last_step=False)
+            self._peak_lr = max(self._peak_lr, self._measured_lr)
         self._step += 1
 
     def on_epoch_end(self, epoch, logs=None):
@@ -100,7 +110,8 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         logs.update(self.latest)
         median = self.latest["update_ratio"]
         low, high = self.healthy_range
-        if not self._warned and not low <= median <= high:
+        annealing = median < low and self._measured_lr < ANNEALED * self._peak_lr
+        if not self._warned and not low <= median <= high and not annealing:
             self._warned = True
             advice = "raise the learning rate" if median < low else "lower the learning rate"
             warnings.warn(

@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -60,6 +62,32 @@ def test_warns_when_far_from_one_in_a_thousand():
             verbose=0,
             callbacks=[UpdateRatioLogger(every_n_steps=1)],
         )
+
+
+def _fit_quietly_at(learning_rate) -> list:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
+    x, y = np.random.default_rng(0).standard_normal((64, 4)), np.ones((64, 2))
+    logger = UpdateRatioLogger(every_n_steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[logger])
+    return history.history["update_ratio"], [
+        str(w.message) for w in caught if "UpdateRatio" in str(w.message)
+    ]
+
+
+def test_a_decay_tail_is_not_mistaken_for_a_too_low_rate():
+    # 32 steps; the rate falls linearly from 1e-3 to 0 over 30. Epoch 1's last measurement (step 13) is
+    # at a healthy ratio; epoch 2's (step 29) at 1/30 of the peak rate, below 1e-4: the decay's tail.
+    decay = keras.optimizers.schedules.PolynomialDecay(1e-3, decay_steps=30, end_learning_rate=0.0)
+    ratios, messages = _fit_quietly_at(decay)
+    assert 1e-4 <= ratios[0] <= 1e-2 and ratios[1] < 1e-4, ratios
+    assert messages == []
+    # a constant rate that gives such a ratio is a problem
+    ratios, messages = _fit_quietly_at(1e-3 / 30)
+    assert ratios[1] < 1e-4 and any("raise the learning rate" in m for m in messages), (ratios, messages)
 
 
 def test_keeps_async_batch_end_dispatch():
