@@ -34,6 +34,7 @@ SKIP_STEPS = 10  # the first step traces; the next ones run on prefetched batche
 SAFETY = 0.9  # plan on 90% of the time left: step times on a shared 2-core machine wander by 10-15%
 MAX_STRETCH = 2.0  # BudgetKeeper grows a plan to at most this many times its calibrated epochs
 GROW_MARGIN = 0.05  # ... and only while this fraction of the budget stays spare
+PACE_EPOCHS = 3  # BudgetKeeper's pace: the median time of this many latest epochs
 
 
 @dataclass
@@ -268,15 +269,16 @@ class BudgetKeeper(keras.callbacks.Callback):
     calibration.
 
     At every epoch end it compares the time left (budget minus elapsed minus the final evaluation) with
-    what the remaining epochs cost at the latest measured pace (the slower of the last two epochs). When
-    they would overrun, it re-plans to the epochs that fit; when more epochs fit than are planned with
+    what the remaining epochs cost at the measured pace: the median of the last ``PACE_EPOCHS`` epochs, so
+    that one odd epoch is ignored and a change that lasts two is followed (one epoch's time wanders by
+    10-15% on a shared machine; following the latest ones re-planned back and forth). When they would
+    overrun, it re-plans to the epochs that fit; when more epochs fit than are planned with
     ``GROW_MARGIN`` of the budget to spare (calibration caught a slow moment), it re-plans to those, up to
-    ``plan.max_epochs`` (a margin of the time left instead would shrink with it and grow the plan again
-    at every epoch end). Either
-    way the rest of the learning-rate schedule (and of LookaheadSGD's ramp) is compressed or stretched into
-    the new plan, so it still ends at its final value. A run whose next epoch cannot fit stops at once,
-    schedule incomplete, with a warning. Each re-plan goes to ``on_replan`` (``plan.json`` and the log)
-    and to ``plan.replans``.
+    ``plan.max_epochs`` (a margin of the time left instead would shrink with it and grow the plan again at
+    every epoch end). Either way the rest of the learning-rate schedule (and of LookaheadSGD's ramp) is
+    compressed or stretched into the new plan, so it still ends at its final value. A run whose next
+    epoch cannot fit stops at once, schedule incomplete, with a warning. Each re-plan goes to
+    ``on_replan`` (``plan.json`` and the log) and to ``plan.replans``.
 
     ``clock`` is the ``time.perf_counter()`` at which the budget started; ``None`` (a resumed run, whose
     earlier time is unknown) only ends the run at the planned or re-planned epoch. Run ``fit`` with
@@ -305,7 +307,7 @@ class BudgetKeeper(keras.callbacks.Callback):
         self._last = now
         done = epoch + 1
         if self.clock is not None and done < self.plan.stop_epoch:
-            pace = max(self._costs[-2:])
+            pace = float(np.median(self._costs[-PACE_EPOCHS:]))
             left = self.plan.budget_seconds - (now - self.clock) - self.plan.final_eval_seconds
             planned = self.plan.stop_epoch - done
             spare = GROW_MARGIN * self.plan.budget_seconds

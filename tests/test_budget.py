@@ -136,24 +136,38 @@ def _plan(**changes) -> BudgetPlan:
 
 
 def test_budget_keeper_compresses_the_schedule_when_epochs_slow_down(monkeypatch):
-    plan = _plan()
+    plan = _plan()  # 10 epochs of 10 steps in 100 s, 5 s kept for the final evaluation
     model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
     epoch(0, 9.0)  # 9 s per epoch: 10 epochs and the final 5 s fit in 100 s, no room for an 11th
     assert records == []
-    epoch(1, 21.0)  # 12 s: 8 more epochs would end at 117 s; 74 s left fit 6
+    epoch(1, 21.0)  # 12 s: at the median pace of 10.5 s, 8 more epochs would end at 110 s; 74 s hold 7
     assert records == [
-        {"after_epoch": 2, "epochs": 8, "total_steps": 80, "seconds_per_epoch": 12.0, "slower": True}
+        {"after_epoch": 2, "epochs": 9, "total_steps": 90, "seconds_per_epoch": 10.5, "slower": True}
     ]
-    assert plan.stop_epoch == 8 and plan.replans == records
+    assert plan.stop_epoch == 9 and plan.replans == records
     schedule = model.optimizer._learning_rate
-    # the remaining 80 steps of the schedule run in 60: position 20 + (t - 20) * 4/3
-    assert float(schedule(50)) == pytest.approx(1 - 60 / 100, rel=1e-5)
-    assert float(schedule(80)) == pytest.approx(0.0, abs=1e-6)
-    for index, ends_at in zip(range(2, 7), (33, 45, 57, 69, 81)):
-        epoch(index, ends_at)
-        assert not model.stop_training
-    epoch(7, 93.0)  # the re-planned last epoch; the final evaluation takes the last 5 s
-    assert model.stop_training and len(records) == 1
+    # the remaining 80 positions of the schedule run in 70 steps: position 20 + (t - 20) * 80/70
+    assert float(schedule(55)) == pytest.approx(1 - (20 + 35 * 80 / 70) / 100, rel=1e-5)
+    assert float(schedule(90)) == pytest.approx(0.0, abs=1e-6)
+    now, index = 21.0, 2
+    while not model.stop_training:  # the machine stays slow: the plan shrinks as the pace settles
+        now += 12.0
+        epoch(index, now)
+        index += 1
+    assert index == plan.stop_epoch and now + plan.final_eval_seconds <= plan.budget_seconds
+    assert all(r["slower"] for r in records) and len(records) >= 2
+    assert float(schedule(index * plan.steps_per_epoch)) == pytest.approx(0.0, abs=1e-6)  # decay done
+
+
+def test_budget_keeper_does_not_chase_one_slow_epoch(monkeypatch):
+    plan = _plan(budget_seconds=185.0, epochs=15, total_steps=150)  # 15 epochs of 11 s: 15 s to spare
+    model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
+    now = 0.0
+    for index, cost in enumerate([11, 11, 11, 15, 11, 11, 10, 11, 11, 11, 11, 11, 11, 11, 11]):
+        now += cost
+        epoch(index, now)
+    # at a pace of the last epoch, or of the last three's mean, the 15 s epoch would have cut the plan
+    assert records == [] and model.stop_training and now + 5.0 <= 185.0
 
 
 def test_budget_keeper_stretches_the_schedule_when_epochs_run_faster(monkeypatch):
