@@ -101,8 +101,16 @@ def cmd_run(args: list[str]) -> int:
         )
         return EXIT_DIVERGED
     sample = " (bundled SAMPLE, not full CIFAR-10)" if m.get("data_is_sample") else ""
+    tta = ""
+    if m.get("tta"):
+        shift = m.get("tta_translate") or 0
+        tta = (
+            f" with TTA (flips and {shift}-px shifts; {m['test_accuracy_no_tta']:.4f} without)"
+            if shift
+            else (f" with flip TTA ({m['test_accuracy_no_tta']:.4f} without)")
+        )
     print(
-        f"\ntest accuracy {m['test_accuracy']:.4f}{' with flip TTA' if m.get('tta') else ''}, "
+        f"\ntest accuracy {m['test_accuracy']:.4f}{tta}, "
         f"test loss {m['test_loss']:.4f} on {m['test_examples']:,} images{sample}; "
         f"best val accuracy {m['best_val_accuracy'] or float('nan'):.4f}; "
         f"{m['epochs_completed']} epochs in {m['train_seconds']:.0f} s"
