@@ -273,7 +273,8 @@ class BudgetKeeper(keras.callbacks.Callback):
     that one odd epoch is ignored and a change that lasts two is followed (one epoch's time wanders by
     10-15% on a shared machine; following the latest ones re-planned back and forth). When they would
     overrun, it re-plans to the epochs that fit; when more epochs fit than are planned with
-    ``GROW_MARGIN`` of the budget to spare (calibration caught a slow moment), it re-plans to those, up to
+    ``GROW_MARGIN`` of the budget to spare (calibration caught a slow moment) and at least two epochs of
+    this session are timed, it re-plans to those, up to
     ``plan.max_epochs`` (a margin of the time left instead would shrink with it and grow the plan again at
     every epoch end). Either way the rest of the learning-rate schedule (and of LookaheadSGD's ramp) is
     compressed or stretched into the new plan, so it still ends at its final value. A run whose next
@@ -315,7 +316,7 @@ class BudgetKeeper(keras.callbacks.Callback):
             fits = max(0, math.floor(left / pace))
             if fits < planned:
                 self._replan(done, fits, pace)
-            elif room > planned:
+            elif room > planned and len(self._costs) > 1:  # grow on two epochs' evidence, not one
                 self._replan(done, room, pace)
         if done >= self.plan.stop_epoch:
             self.model.stop_training = True
