@@ -274,12 +274,12 @@ class BudgetKeeper(keras.callbacks.Callback):
     10-15% on a shared machine; following the latest ones re-planned back and forth). When they would
     overrun, it re-plans to the epochs that fit; when more epochs fit than are planned with
     ``GROW_MARGIN`` of the budget to spare (calibration caught a slow moment) and at least two epochs of
-    this session are timed, it re-plans to those, up to
-    ``plan.max_epochs`` (a margin of the time left instead would shrink with it and grow the plan again at
-    every epoch end). Either way the rest of the learning-rate schedule (and of LookaheadSGD's ramp) is
-    compressed or stretched into the new plan, so it still ends at its final value. A run whose next
-    epoch cannot fit stops at once, schedule incomplete, with a warning. Each re-plan goes to
-    ``on_replan`` (``plan.json`` and the log) and to ``plan.replans``.
+    this session are timed, it re-plans to those, up to ``plan.max_epochs`` (a margin of the time left
+    instead would shrink with it and grow the plan again at every epoch end). Either way the rest of the
+    learning-rate schedule (and of LookaheadSGD's ramp) is compressed or stretched into the new plan, so
+    it still ends at its final value. A run whose next epoch cannot fit stops at once, schedule
+    incomplete, with a warning. Each re-plan goes to ``on_replan`` (``plan.json`` and the log) and to
+    ``plan.replans``.
 
     ``clock`` is the ``time.perf_counter()`` at which the budget started; ``None`` (a resumed run, whose
     earlier time is unknown) only ends the run at the planned or re-planned epoch. Run ``fit`` with
