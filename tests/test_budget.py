@@ -238,9 +238,9 @@ def test_a_run_that_slows_down_is_replanned_and_stops_at_the_new_plan(tmp_path):
 
 
 def test_a_run_planned_too_short_is_stretched_and_ends_in_time(tmp_path, monkeypatch):
-    # Calibration that catches a slow moment plans too few epochs; simulate it by planning on 40% of the
-    # time left instead of 90%. The keeper then grows the plan, and the run still ends in time with its
-    # schedule completed.
+    # Calibration that catches a slow moment plans too few epochs; simulate it by planning on 25% of the
+    # time left instead of 90% (far enough off that a loaded test machine still leaves room to grow).
+    # The keeper then grows the plan, and the run still ends in time with its schedule completed.
     import recipes.budget
     import recipes.train
 
@@ -249,7 +249,7 @@ def test_a_run_planned_too_short_is_stretched_and_ends_in_time(tmp_path, monkeyp
 
     def pessimistic_calibrate(*args, **kwargs):
         with monkeypatch.context() as patch:
-            patch.setattr(recipes.budget, "SAFETY", 0.4)
+            patch.setattr(recipes.budget, "SAFETY", 0.25)
             return real_calibrate(*args, **kwargs)
 
     monkeypatch.setattr(recipes.train, "calibrate", pessimistic_calibrate)
@@ -264,10 +264,9 @@ def test_a_run_planned_too_short_is_stretched_and_ends_in_time(tmp_path, monkeyp
     lines = []
     result = run("mlp", overrides, echo=lines.append)
     report = result.metrics["budget"]
-    assert report["replans"] and not report["replans"][0]["slower"], report
-    grown = report["replans"][-1]["epochs"]
-    assert report["epochs"] < grown <= 2 * report["epochs"]
-    assert result.metrics["epochs_completed"] == grown
+    assert any(not r["slower"] for r in report["replans"]), report
+    assert report["epochs"] < max(r["epochs"] for r in report["replans"]) <= 2 * report["epochs"]
+    assert result.metrics["epochs_completed"] == report["replans"][-1]["epochs"]
     assert any("faster than planned" in line and "stretched" in line for line in lines)
     assert report["schedule_completed"] and report["steps_done"] == report["replans"][-1]["total_steps"]
     lr = get_recipe("mlp").config().optimizer.lr

@@ -112,10 +112,12 @@ def test_tta_predicts_the_average_of_the_views():
     for d in (-1, 1):
         views += [shifted(x, d), shifted(x, d)[:, :, ::-1]]
     expected = np.mean([probs(v) for v in views], axis=0)
-    np.testing.assert_allclose(predict_tta(model, x, 8, tta=True, translate=1), expected, rtol=1e-4)
+    np.testing.assert_allclose(
+        predict_tta(model, x, 8, tta=True, translate=1), expected, rtol=1e-4, atol=1e-5
+    )
     flip_only = np.mean([probs(v) for v in views[:2]], axis=0)
-    np.testing.assert_allclose(predict_tta(model, x, 8, tta=True), flip_only, rtol=1e-4)
-    np.testing.assert_allclose(predict_tta(model, x, 8, tta=False), probs(x), rtol=1e-4)
+    np.testing.assert_allclose(predict_tta(model, x, 8, tta=True), flip_only, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(predict_tta(model, x, 8, tta=False), probs(x), rtol=1e-4, atol=1e-5)
 
 
 def test_alternating_flip_mirrors_each_image_the_other_way_on_the_next_epoch():
