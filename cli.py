@@ -104,11 +104,8 @@ def cmd_run(args: list[str]) -> int:
     tta = ""
     if m.get("tta"):
         shift = m.get("tta_translate") or 0
-        tta = (
-            f" with TTA (flips and {shift}-px shifts; {m['test_accuracy_no_tta']:.4f} without)"
-            if shift
-            else (f" with flip TTA ({m['test_accuracy_no_tta']:.4f} without)")
-        )
+        views = f"flips and {shift}-px shifts" if shift else "flips"
+        tta = f" with TTA over {views} ({m['test_accuracy_no_tta']:.4f} without)"
     print(
         f"\ntest accuracy {m['test_accuracy']:.4f}{tta}, "
         f"test loss {m['test_loss']:.4f} on {m['test_examples']:,} images{sample}; "

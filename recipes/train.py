@@ -357,6 +357,7 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
         )
 
     epochs = plan.stop_epoch if plan else run_cfg.trainer.epochs
+    fit_epochs = plan.max_epochs if plan else epochs  # a budget's BudgetKeeper stops fit at plan.stop_epoch
 
     def stop_epoch() -> int:  # a budget's BudgetKeeper may move it
         return plan.stop_epoch if plan else epochs
@@ -411,7 +412,7 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
             batch_size=batch,
             first_epoch=first_epoch,
             steps_per_epoch=spe if plan else None,
-            epochs=plan.max_epochs if plan else None,
+            epochs=fit_epochs,
         )
         val_ds = None
         if len(data.x_val):
@@ -421,7 +422,7 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
         model.fit(
             train_ds,
             validation_data=val_ds,
-            epochs=plan.max_epochs if plan else epochs,  # BudgetKeeper stops it at plan.stop_epoch
+            epochs=fit_epochs,
             initial_epoch=first_epoch,
             steps_per_epoch=spe,
             callbacks=run_callbacks,
