@@ -30,6 +30,14 @@ VARIANTS: dict[str, dict] = {
     "spe4": {"steps_per_execution": 4},
     "bf16": {"policy": "mixed_bfloat16"},
     "airbench94": {"overrides": ["model.width1=64", "model.width2=256", "model.width3=256"]},
+    "airbench94_bf16": {
+        "overrides": ["model.width1=64", "model.width2=256", "model.width3=256"],
+        "policy": "mixed_bfloat16",
+    },
+    "airbench94_relu": {
+        "overrides": ["model.width1=64", "model.width2=256", "model.width3=256", "model.activation=relu"]
+    },
+    "mid": {"overrides": ["model.width1=48", "model.width2=160", "model.width3=160"]},
     "narrow": {"overrides": ["model.width1=16", "model.width2=64", "model.width3=64"]},
 }
 

@@ -140,3 +140,47 @@ def test_alternating_flip_mirrors_each_image_the_other_way_on_the_next_epoch():
     assert 0 < sum(m0.values()) < 16  # the first epoch flips at random
     assert all(m1[k] != m0[k] for k in m0)  # then each image the other way
     assert m2 == m0
+
+
+def _torch_sgd_trajectory(lr: float, l2: float, momentum: float, grad, w0: float, steps: int) -> float:
+    """PyTorch's SGD (L2 added to the gradient, Nesterov momentum) written out from its documentation."""
+    w, buf = w0, None
+    for _ in range(steps):
+        d = grad(w) + l2 * w
+        buf = d if buf is None else momentum * buf + d
+        w -= lr * (d + momentum * buf)
+    return w
+
+
+def _keras_sgd_trajectory(lr: float, weight_decay: float, momentum: float, grad, w0: float, steps: int):
+    w = keras.Variable(np.float32(w0))
+    opt = keras.optimizers.SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    for _ in range(steps):
+        opt.apply_gradients([(keras.ops.convert_to_tensor(np.float32(grad(float(w.numpy())))), w)])
+    return float(w.numpy())
+
+
+def test_airbench_hyperparameters_give_the_reference_steps_and_decay():
+    """airbench94 (batch 1024): lr 11.5 / kilostep on a summed loss, L2 0.0153 * 1024 / kilostep added to
+    the gradient. Keras SGD with the converted values, on a mean loss, must move and decay alike."""
+    from recipes.fast import airbench_hyperparameters
+
+    batch, momentum = 256, 0.85
+    kilostep = 1024 * (1 + 1 / (1 - momentum))
+    torch_lr, torch_l2 = 11.5 / kilostep, 0.0153 * batch / kilostep
+    keras_hyper = airbench_hyperparameters(batch)
+
+    # The step: every example's loss has gradient 0.01, so the summed loss's is batch * 0.01; no decay.
+    moved_torch = 1.0 - _torch_sgd_trajectory(torch_lr, 0.0, momentum, lambda w: batch * 0.01, 1.0, 60)
+    moved_keras = 1.0 - _keras_sgd_trajectory(keras_hyper["lr"], None, momentum, lambda w: 0.01, 1.0, 60)
+    np.testing.assert_allclose(moved_keras, moved_torch, rtol=1e-4)
+
+    # The decay: no data gradient, 200 steps. PyTorch's L2 goes through momentum and lags a few steps
+    # behind the decoupled decay, hence 3%; a decay 10x off would be off by a factor of about 10.
+    l2_torch = torch_l2 / torch_lr  # airbench's param-group weight_decay (wd / lr)
+    kept_torch = _torch_sgd_trajectory(torch_lr, l2_torch, momentum, lambda w: 0.0, 1.0, 200)
+    kept_keras = _keras_sgd_trajectory(
+        keras_hyper["lr"], keras_hyper["weight_decay"], momentum, lambda w: 0.0, 1.0, 200
+    )
+    assert 0.2 < kept_torch < 0.8  # the decay is strong: a third to two thirds of the weight is gone
+    np.testing.assert_allclose(np.log(kept_keras), np.log(kept_torch), rtol=0.03)
