@@ -87,6 +87,14 @@ def cmd_show(args: list[str]) -> int:
     return 0
 
 
+def flops_text(pflops: float) -> str:
+    """``0.0183`` -> ``"18.3 TFLOP"``: the largest unit that keeps the number at 1 or more."""
+    for unit, scale in (("PFLOP", 1.0), ("TFLOP", 1e-3)):
+        if pflops >= scale:
+            return f"{pflops / scale:.3g} {unit}"
+    return f"{pflops / 1e-6:.3g} GFLOP"
+
+
 def cmd_run(args: list[str]) -> int:
     from recipes.train import EXIT_DIVERGED, run
 
@@ -106,11 +114,14 @@ def cmd_run(args: list[str]) -> int:
         shift = m.get("tta_translate") or 0
         views = f"flips and {shift}-px shifts" if shift else "flips"
         tta = f" with TTA over {views} ({m['test_accuracy_no_tta']:.4f} without)"
+    compute = m["compute"]
+    rate = compute["train_gflops_per_second"]
+    work = flops_text(compute["train_pflops"]) + (f" at {rate:.0f} GFLOP/s" if rate else "")
     print(
         f"\ntest accuracy {m['test_accuracy']:.4f}{tta}, "
         f"test loss {m['test_loss']:.4f} on {m['test_examples']:,} images{sample}; "
         f"best val accuracy {m['best_val_accuracy'] or float('nan'):.4f}; "
-        f"{m['epochs_completed']} epochs in {m['train_seconds']:.0f} s"
+        f"{m['epochs_completed']} epochs in {m['train_seconds']:.0f} s ({work})"
     )
     print(f"outputs in {result.out_dir}/")
     return 0

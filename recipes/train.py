@@ -35,6 +35,7 @@ from recipes.budget import (
     schedule_position,
 )
 from recipes.checkpoint import RunCheckpoint, history_csv, load_checkpoint, load_state, save_model
+from recipes.compute import forward_macs, train_flops_per_example
 from recipes.config import ConfigError, diff, from_dict, parse_duration, to_yaml
 from recipes.data import load_data
 from recipes.registry import Recipe, get_recipe
@@ -442,6 +443,7 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
             if checkpoint.session_seconds
             else None
         ),
+        "compute": compute_report(model, len(rows) * spe * batch, checkpoint, spe * batch),
         "train_examples": len(data.x_train),
         "data_source": data.source,
         "data_is_sample": data.is_sample,
@@ -487,6 +489,20 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
     write_json(out_dir / "metrics.json", metrics)
     result.metrics = metrics
     return result
+
+
+def compute_report(model, images_trained: int, checkpoint: RunCheckpoint, images_per_epoch: int) -> dict:
+    """The arithmetic of the training (see :mod:`recipes.compute`): per image, in all, and the rate this
+    session's epochs reached (training FLOPs per second of training time)."""
+    per_image = train_flops_per_example(model)
+    seconds = checkpoint.session_seconds
+    rate = checkpoint.session_epochs * images_per_epoch * per_image / seconds if seconds else None
+    return {
+        "forward_macs_per_image": forward_macs(model),
+        "train_flops_per_image": per_image,
+        "train_pflops": float(f"{images_trained * per_image / 1e15:.4g}"),
+        "train_gflops_per_second": float(f"{rate / 1e9:.4g}") if rate else None,
+    }
 
 
 def budget_report(model, plan: BudgetPlan, used_seconds: float, resumed: bool) -> dict:
