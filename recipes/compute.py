@@ -36,9 +36,11 @@ def _flat_layers(model: keras.Model):
 def layer_macs(model: keras.Model) -> dict[str, int]:
     """Multiply-accumulates per example of each layer that has a kernel, by layer name.
 
-    A rank-4 kernel ``(kh, kw, in, out)`` is a convolution: it costs its size at every output position. A
-    rank-2 kernel ``(in, out)`` is a dense map: its size at every input position (once per example for a
-    flat input, per position for a dense layer applied to a sequence or a feature map).
+    A kernel of rank 3 or more (``(kh, kw, in, out)``) is a convolution: it costs its size at every output
+    position (a transposed one at every input position). A rank-2 kernel ``(in, out)`` is a dense map: its
+    size at every input position (once per example for a flat input, per position for a dense layer applied
+    to a sequence or a feature map). Layers without a ``kernel`` (separable convolutions, attention,
+    embeddings) are not counted.
     """
     counts = {}
     for layer in _flat_layers(model):
@@ -47,7 +49,8 @@ def layer_macs(model: keras.Model) -> dict[str, int]:
             continue
         size = math.prod(int(d) for d in kernel.shape)
         try:
-            shape = layer.output.shape if len(kernel.shape) >= 3 else layer.input.shape
+            per_output = len(kernel.shape) >= 3 and "Transpose" not in type(layer).__name__
+            shape = layer.output.shape if per_output else layer.input.shape
         except (AttributeError, ValueError):
             raise ValueError(
                 f"layer {layer.name!r} has no single defined input and output: count the compute of a "

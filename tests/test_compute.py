@@ -33,6 +33,13 @@ def test_each_kind_of_kernel_is_counted_at_its_positions():
     assert train_flops_per_example(model) == 6 * forward_macs(model)
 
 
+def test_a_transposed_convolution_is_counted_at_its_input_positions():
+    inputs = keras.Input((3, 3, 2))
+    model = keras.Model(inputs, keras.layers.Conv2DTranspose(4, 3, strides=2, name="up")(inputs))
+    assert model.output.shape[1:3] == (7, 7)  # each of the 9 input pixels scatters a 3x3x4 patch
+    assert forward_macs(model) == 9 * 3 * 3 * 2 * 4
+
+
 def test_nested_models_are_counted():
     inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     inputs = keras.Input((4,))
