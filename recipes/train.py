@@ -35,7 +35,7 @@ from recipes.budget import (
     schedule_position,
 )
 from recipes.checkpoint import RunCheckpoint, history_csv, load_checkpoint, load_state, save_model
-from recipes.compute import forward_macs, train_flops_per_example
+from recipes.compute import TRAIN_FLOPS_PER_MAC, forward_macs
 from recipes.config import ConfigError, diff, from_dict, parse_duration, to_yaml
 from recipes.data import load_data
 from recipes.registry import Recipe, get_recipe
@@ -494,11 +494,12 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
 def compute_report(model, images_trained: int, checkpoint: RunCheckpoint, images_per_epoch: int) -> dict:
     """The arithmetic of the training (see :mod:`recipes.compute`): per image, in all, and the rate this
     session's epochs reached (training FLOPs per second of training time)."""
-    per_image = train_flops_per_example(model)
+    macs = forward_macs(model)
+    per_image = TRAIN_FLOPS_PER_MAC * macs
     seconds = checkpoint.session_seconds
     rate = checkpoint.session_epochs * images_per_epoch * per_image / seconds if seconds else None
     return {
-        "forward_macs_per_image": forward_macs(model),
+        "forward_macs_per_image": macs,
         "train_flops_per_image": per_image,
         "train_pflops": float(f"{images_trained * per_image / 1e15:.4g}"),
         "train_gflops_per_second": float(f"{rate / 1e9:.4g}") if rate else None,
