@@ -433,17 +433,18 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
 
     rows = checkpoint.rows
     write_text(out_dir / "history.csv", history_csv(rows))
+    images_per_second = (
+        checkpoint.session_epochs * spe * batch / checkpoint.session_seconds
+        if checkpoint.session_seconds
+        else None
+    )
     metrics = {
         "recipe": recipe.name,
         "epochs_completed": len(rows),
         "best_val_accuracy": checkpoint.best_val_accuracy,
         "train_seconds": round(checkpoint.train_seconds, 2),
-        "images_per_second": (
-            round(checkpoint.session_epochs * spe * batch / checkpoint.session_seconds, 1)
-            if checkpoint.session_seconds
-            else None
-        ),
-        "compute": compute_report(model, len(rows) * spe * batch, checkpoint, spe * batch),
+        "images_per_second": round(images_per_second, 1) if images_per_second else None,
+        "compute": compute_report(model, len(rows) * spe * batch, images_per_second),
         "train_examples": len(data.x_train),
         "data_source": data.source,
         "data_is_sample": data.is_sample,
@@ -491,13 +492,12 @@ def _run(recipe: Recipe, cfg, overrides, echo, extra_callbacks) -> RunResult:
     return result
 
 
-def compute_report(model, images_trained: int, checkpoint: RunCheckpoint, images_per_epoch: int) -> dict:
+def compute_report(model, images_trained: int, images_per_second: float | None) -> dict:
     """The arithmetic of the training (see :mod:`recipes.compute`): per image, in all, and the rate this
-    session's epochs reached (training FLOPs per second of training time)."""
+    session's training reached (``images_per_second`` of training time; None when it trained no epoch)."""
     macs = forward_macs(model)
     per_image = TRAIN_FLOPS_PER_MAC * macs
-    seconds = checkpoint.session_seconds
-    rate = checkpoint.session_epochs * images_per_epoch * per_image / seconds if seconds else None
+    rate = images_per_second * per_image if images_per_second else None
     return {
         "forward_macs_per_image": macs,
         "train_flops_per_image": per_image,

@@ -60,15 +60,6 @@ def test_one_epoch_run_writes_every_output_and_the_model_takes_raw_images(tmp_pa
         assert key in metrics, key
     assert metrics["data_is_sample"] is True and metrics["test_examples"] == 1000
     assert metrics["epochs_completed"] == 1
-    # ResNet-8 at width 8 counted by hand: stem, stage 1, stages 2-3 (strided conv, conv, 1x1 shortcut), head
-    macs = 32 * 32 * 27 * 8 + 2 * 32 * 32 * 9 * 64 + 16 * 16 * 9 * 8 * 16 + 16 * 16 * 9 * 256 + 16 * 16 * 128
-    macs += 8 * 8 * 9 * 16 * 32 + 8 * 8 * 9 * 32 * 32 + 8 * 8 * 16 * 32 + 32 * 10
-    compute = metrics["compute"]
-    assert compute["forward_macs_per_image"] == macs
-    trained = (json.loads((out / "run_info.json").read_text())["train_examples"] // 64) * 64  # one epoch
-    assert compute["train_pflops"] == pytest.approx(trained * 6 * macs / 1e15, rel=1e-3)
-    # a few GFLOP: the closing line picks the unit that fits
-    assert compute["train_gflops_per_second"] > 0 and "GFLOP at" in proc.stdout
     header = (out / "history.csv").read_text().splitlines()[0].split(",")
     for key in (
         "loss",
@@ -84,6 +75,15 @@ def test_one_epoch_run_writes_every_output_and_the_model_takes_raw_images(tmp_pa
     assert config["model"]["width"] == 8 and config["trainer"]["out_dir"] == str(out)
     info = json.loads((out / "run_info.json").read_text())
     assert info["seed"] == 0 and "model.width=8" in info["overrides"] and "keras" in info["versions"]
+    # ResNet-8 at width 8 counted by hand: stem, stage 1, stages 2-3 (strided conv, conv, 1x1 shortcut), head
+    macs = 32 * 32 * 27 * 8 + 2 * 32 * 32 * 9 * 64 + 16 * 16 * 9 * 8 * 16 + 16 * 16 * 9 * 256 + 16 * 16 * 128
+    macs += 8 * 8 * 9 * 16 * 32 + 8 * 8 * 9 * 32 * 32 + 8 * 8 * 16 * 32 + 32 * 10
+    compute = metrics["compute"]
+    assert compute["forward_macs_per_image"] == macs
+    trained = (info["train_examples"] // 64) * 64  # one epoch
+    assert compute["train_pflops"] == pytest.approx(trained * 6 * macs / 1e15, rel=1e-3)
+    # a few GFLOP: the closing line picks the unit that fits
+    assert compute["train_gflops_per_second"] > 0 and "GFLOP at" in proc.stdout
 
     model = keras.saving.load_model(out / "model.keras")
     x_test, y_test = sample_arrays[2], sample_arrays[3]
