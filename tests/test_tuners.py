@@ -389,3 +389,59 @@ def test_a_trial_finished_just_before_a_kill_is_not_rerun(tmp_path, tiny):
     assert reloaded.oracle._retry_queue == [last]  # what keras-tuner would retrain
     assert reconcile(reloaded.oracle) == [last]
     assert reloaded.oracle._retry_queue == [] and last in reloaded.oracle.end_order
+
+
+@pytest.mark.parametrize("search", ["random", "grid"])
+def test_a_trial_drawn_just_before_a_kill_is_drawn_again_and_run(tmp_path, tiny, search):
+    """trial.json written, oracle.json not, as a trial starts: keras-tuner alone never runs that trial."""
+    from tuners.grid import ResumableGridSearch
+    from tuners.resume import reconcile
+
+    x, y, val = tiny
+    tuner_class = kt.RandomSearch if search == "random" else ResumableGridSearch
+
+    def make():
+        return tuner_class(
+            hypermodel("mlp", **FIXED),
+            objective="val_accuracy",
+            max_trials=3,
+            directory=str(tmp_path),
+            project_name="p",
+            seed=0,
+        )
+
+    class Killed(BaseException):
+        pass
+
+    tuner = make()
+    oracle = tuner.oracle
+    save_trial, save = oracle._save_trial, oracle.save
+    started = []
+
+    def save_trial_noting_starts(trial):
+        save_trial(trial)
+        if trial.status == "RUNNING" and trial.trial_id not in started:
+            started.append(trial.trial_id)
+
+    def save_unless_second_trial_started():
+        if len(started) == 2:
+            raise Killed  # the kill lands between the trial's file and the oracle's
+        save()
+
+    oracle._save_trial, oracle.save = save_trial_noting_starts, save_unless_second_trial_started
+    with pytest.raises(Killed):
+        tuner.search(x, y, validation_data=val, epochs=1, verbose=0)
+    orphan = started[1]
+    assert json.loads((tmp_path / "p" / f"trial_{orphan}" / "trial.json").read_text())["status"] == "RUNNING"
+    drawn = json.loads((tmp_path / "p" / f"trial_{orphan}" / "trial.json").read_text())["hyperparameters"]
+
+    reloaded = make()
+    assert orphan in reloaded.oracle.trials and orphan not in reloaded.oracle.start_order  # what kt leaves
+    fixed = reconcile(reloaded.oracle)
+    reloaded.search(x, y, validation_data=val, epochs=1, verbose=0)
+    trials = reloaded.oracle.trials
+    assert sorted(trials) == ["0", "1", "2"]
+    assert all(t.status == "COMPLETED" for t in trials.values())  # none left "running" forever
+    assert fixed == [orphan]
+    # the oracle's saved random state predates the kill, so it drew the same values again
+    assert trials[orphan].hyperparameters.values == drawn["values"]
