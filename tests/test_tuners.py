@@ -199,7 +199,11 @@ def test_cli_search_killed_midway_resumes_with_the_remaining_trials(tmp_path, tu
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = completed()
-    assert len(after) == total
+    statuses = {
+        f"{path.parent.parent.name}/{path.parent.name}": json.loads(path.read_text())["status"]
+        for path in (out / "tuner").glob("*/trial_*/trial.json")
+    }
+    assert len(after) == total, statuses
     for key, (values, mtime) in before.items():
         assert after[key] == (values, mtime)  # finished trials were not rerun
     frame = pd.read_csv(out / "trials.csv")
