@@ -24,6 +24,18 @@ def tiny(sample_arrays):
     return x[:256], y[:256], (xt[:128], yt[:128])
 
 
+def _mlp_tuner(tmp_path, max_trials: int, tuner_class=kt.RandomSearch, **kwargs) -> kt.Tuner:
+    """A search over the mlp recipe in ``tmp_path/p`` (reloads what an earlier one left there)."""
+    return tuner_class(
+        hypermodel("mlp", **FIXED),
+        objective="val_accuracy",
+        max_trials=max_trials,
+        directory=str(tmp_path),
+        project_name="p",
+        **kwargs,
+    )
+
+
 def _space(recipe):
     hp = kt.HyperParameters()
     hypermodel(recipe).recipe.search_space(hp)
@@ -60,14 +72,7 @@ def test_log_uniform_sampling_covers_decades_evenly():
 
 def test_random_search_and_trials_frame(tmp_path, tiny):
     x, y, val = tiny
-    tuner = kt.RandomSearch(
-        hypermodel("mlp", **FIXED),
-        objective="val_accuracy",
-        max_trials=3,
-        directory=str(tmp_path),
-        project_name="p",
-        seed=1,
-    )
+    tuner = _mlp_tuner(tmp_path, 3, seed=1)
     tuner.search(x, y, validation_data=val, epochs=1, verbose=0)  # raw 0-255 images, as keras-tuner documents
     frame = trials_frame(tuner)
     assert len(frame) == 3 and frame["trial_id"].is_unique
@@ -133,15 +138,8 @@ def test_diverging_trials_fail_with_their_reason_and_end_the_search(tmp_path, ti
     x, y, val = tiny
     hp = kt.HyperParameters()
     hp.Fixed("optimizer.lr", 1e4)  # every trial diverges
-    tuner = kt.RandomSearch(
-        hypermodel("mlp", **FIXED),
-        objective="val_accuracy",
-        max_trials=5,
-        hyperparameters=hp,
-        tune_new_entries=True,
-        directory=str(tmp_path),
-        project_name="p",
-        max_consecutive_failed_trials=2,
+    tuner = _mlp_tuner(
+        tmp_path, 5, hyperparameters=hp, tune_new_entries=True, max_consecutive_failed_trials=2
     )
     with pytest.raises(RuntimeError, match="consecutive"):
         tuner.search(x, y, validation_data=val, epochs=2, verbose=0)
@@ -373,14 +371,7 @@ def test_a_trial_finished_just_before_a_kill_is_not_rerun(tmp_path, tiny):
     x, y, val = tiny
 
     def make():
-        return kt.RandomSearch(
-            hypermodel("mlp", **FIXED),
-            objective="val_accuracy",
-            max_trials=2,
-            directory=str(tmp_path),
-            project_name="p",
-            seed=0,
-        )
+        return _mlp_tuner(tmp_path, 2, seed=0)
 
     tuner = make()
     tuner.search(x, y, validation_data=val, epochs=1, verbose=0)
@@ -405,14 +396,7 @@ def test_a_trial_drawn_just_before_a_kill_is_drawn_again_and_run(tmp_path, tiny,
     tuner_class = kt.RandomSearch if search == "random" else ResumableGridSearch
 
     def make():
-        return tuner_class(
-            hypermodel("mlp", **FIXED),
-            objective="val_accuracy",
-            max_trials=3,
-            directory=str(tmp_path),
-            project_name="p",
-            seed=0,
-        )
+        return _mlp_tuner(tmp_path, 3, tuner_class, seed=0)
 
     class Killed(BaseException):
         pass
