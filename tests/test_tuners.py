@@ -386,22 +386,53 @@ def test_a_trial_finished_just_before_a_kill_is_not_rerun(tmp_path, tiny):
     assert reloaded.oracle._retry_queue == [] and last in reloaded.oracle.end_order
 
 
-@pytest.mark.parametrize("search", ["random", "grid"])
+@pytest.mark.parametrize("search", ["random", "grid", "bayesian", "hyperband"])
 def test_a_trial_drawn_just_before_a_kill_is_drawn_again_and_run(tmp_path, tiny, search):
-    """trial.json written, oracle.json not, as a trial starts: keras-tuner alone never runs that trial."""
+    """trial.json written, oracle.json not, as a trial starts: keras-tuner alone never runs that trial.
+
+    Resumed, the search ends with the trials of one that was never interrupted.
+    """
     from tuners.grid import ResumableGridSearch
     from tuners.resume import reconcile
 
     x, y, val = tiny
-    tuner_class = kt.RandomSearch if search == "random" else ResumableGridSearch
 
-    def make():
-        return _mlp_tuner(tmp_path, 3, tuner_class, seed=0)
+    def make(where):
+        if search == "hyperband":
+            return kt.Hyperband(
+                hypermodel("mlp", **FIXED),
+                objective="val_accuracy",
+                max_epochs=2,
+                directory=str(where),
+                project_name="p",
+                seed=1,  # keras-tuner draws a random seed for seed=0
+            )
+        tuner_class = {"random": kt.RandomSearch, "grid": ResumableGridSearch}.get(
+            search, kt.BayesianOptimization
+        )  # bayesian: 3 trials are all initial (random) points, so they do not depend on the scores
+        return _mlp_tuner(where, 3, tuner_class, seed=1)
+
+    def trials(tuner) -> list:
+        """(id, status, values) of each trial; hyperband's promotions depend on the scores, so those
+        only by their place in the brackets."""
+        rows = []
+        for t in tuner.oracle.trials.values():
+            values = t.hyperparameters.values
+            if values.get("tuner/round", 0) > 0:
+                values = {k: v for k, v in values.items() if k.startswith("tuner/") and k != "tuner/trial_id"}
+            rows.append((t.trial_id, t.status, values))
+        return rows
+
+    def search_in(tuner):
+        tuner.search(x, y, validation_data=val, epochs=1, verbose=0)
+
+    reference = make(tmp_path / "uninterrupted")
+    search_in(reference)
 
     class Killed(BaseException):
         pass
 
-    tuner = make()
+    tuner = make(tmp_path)
     oracle = tuner.oracle
     save_trial, save = oracle._save_trial, oracle.save
     started = []
@@ -418,18 +449,14 @@ def test_a_trial_drawn_just_before_a_kill_is_drawn_again_and_run(tmp_path, tiny,
 
     oracle._save_trial, oracle.save = save_trial_noting_starts, save_unless_second_trial_started
     with pytest.raises(Killed):
-        tuner.search(x, y, validation_data=val, epochs=1, verbose=0)
+        search_in(tuner)
     orphan = started[1]
     assert json.loads((tmp_path / "p" / f"trial_{orphan}" / "trial.json").read_text())["status"] == "RUNNING"
-    drawn = json.loads((tmp_path / "p" / f"trial_{orphan}" / "trial.json").read_text())["hyperparameters"]
 
-    reloaded = make()
+    reloaded = make(tmp_path)
     assert orphan in reloaded.oracle.trials and orphan not in reloaded.oracle.start_order  # what kt leaves
     fixed = reconcile(reloaded.oracle)
-    reloaded.search(x, y, validation_data=val, epochs=1, verbose=0)
-    trials = reloaded.oracle.trials
-    assert sorted(trials) == ["0", "1", "2"]
-    assert all(t.status == "COMPLETED" for t in trials.values())  # none left "running" forever
+    search_in(reloaded)
+    assert all(status == "COMPLETED" for _, status, _ in trials(reloaded))  # none left "running" forever
+    assert sorted(trials(reloaded)) == sorted(trials(reference))
     assert fixed == [orphan]
-    # the oracle's saved random state predates the kill, so it drew the same values again
-    assert trials[orphan].hyperparameters.values == drawn["values"]
