@@ -458,3 +458,18 @@ def test_a_trial_drawn_just_before_a_kill_is_drawn_again_and_run(tmp_path, tiny,
     assert all(status == "COMPLETED" for _, status, _ in trials(reloaded))  # none left "running" forever
     assert sorted(trials(reloaded)) == sorted(trials(reference))
     assert fixed == [orphan]
+
+
+@pytest.mark.parametrize("tuner", ["random", "bayesian"])
+def test_the_default_seed_draws_the_same_trials_every_time(tmp_path, tuner):
+    """trainer.seed=0 (the default) must not reach keras-tuner as 0, which it replaces with a random seed."""
+    from tuners.search import TuneOptions, make_tuner
+
+    def first_draws(where):
+        made = make_tuner(tuner, hypermodel("mlp", **FIXED), TuneOptions(), where, 0, 2)
+        made._populate_initial_space()  # what search() does first: the space, from one build
+        return [made.oracle.populate_space(str(i))["values"] for i in range(3)]
+
+    draws = first_draws(tmp_path / "a")
+    assert all("optimizer.lr" in values for values in draws)
+    assert draws == first_draws(tmp_path / "b")

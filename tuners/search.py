@@ -124,13 +124,17 @@ def make_tuner(
     epochs: int,
     hyperparameters: kt.HyperParameters | None = None,
 ) -> kt.Tuner:
-    """A keras-tuner tuner in ``directory/name`` that reloads an earlier search there (overwrite=False)."""
+    """A keras-tuner tuner in ``directory/name`` that reloads an earlier search there (overwrite=False).
+
+    ``seed`` (``trainer.seed``, 0 by default) reaches keras-tuner as ``seed + 1``: keras-tuner replaces a
+    seed of 0 with a random one, which would make the default search draw different trials every time.
+    """
     common = dict(
         objective=options.objective,
         directory=str(directory),
         project_name=name,
         overwrite=False,
-        seed=seed,
+        seed=seed + 1,
         max_consecutive_failed_trials=options.max_consecutive_failed_trials,
         hyperparameters=hyperparameters,
         tune_new_entries=True,
