@@ -148,7 +148,8 @@ def test_diverging_trials_fail_with_their_reason_and_end_the_search(tmp_path, ti
     assert frame["message"].str.contains("diverged").all()
 
 
-@pytest.mark.parametrize("tuner, total", [("random", 4), ("grid", 4), ("coarse_to_fine", 6)])
+# random search's resume path is grid's without the grid's saved order; the unit tests below cover it
+@pytest.mark.parametrize("tuner, total", [("grid", 4), ("coarse_to_fine", 6)])
 def test_cli_search_killed_midway_resumes_with_the_remaining_trials(tmp_path, tuner, total):
     out = tmp_path / "search"
     args = [
@@ -232,7 +233,9 @@ def test_state_files_are_written_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.rglob("*")] == ["project", "oracle.json"]  # no temporary left behind
 
 
-def test_torn_state_file_gives_one_line_naming_it(tmp_path):
+def test_torn_state_file_gives_one_line_naming_it(tmp_path, capsys):
+    import cli
+
     out = tmp_path / "search"
     args = [
         "tune",
@@ -245,12 +248,13 @@ def test_torn_state_file_gives_one_line_naming_it(tmp_path):
         "trainer.epochs=1",
         f"trainer.out_dir={out}",
     ]
-    assert run_cli(*args).returncode == 0
+    assert cli.main(args) == 0
     trial = next((out / "tuner" / "random").glob("trial_*/trial.json"))
     trial.write_text(trial.read_text()[:20])  # as an older keras-tuner writer left it when killed
-    proc = run_cli(*args, "tune.max_trials=2")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "torn" in proc.stderr and str(trial) in proc.stderr and "delete those trial folders" in proc.stderr
+    capsys.readouterr()
+    assert cli.main([*args, "tune.max_trials=2"]) == 2  # a one-line error, not an exception
+    err = capsys.readouterr().err
+    assert "torn" in err and str(trial) in err and "delete those trial folders" in err
 
 
 def test_bad_tuner_options_are_one_line_errors(capsys):
@@ -408,7 +412,7 @@ def test_a_trial_drawn_just_before_a_kill_is_drawn_again_and_run(tmp_path, tiny,
                 seed=1,  # keras-tuner draws a random seed for seed=0
             )
         tuner_class = kt.RandomSearch if search == "random" else ResumableGridSearch
-        return _mlp_tuner(where, 3, tuner_class, seed=1)
+        return _mlp_tuner(where, 2, tuner_class, seed=1)
 
     def trials(tuner) -> list:
         """(id, status, values) of each trial; hyperband's promotions depend on the scores, so those
