@@ -24,12 +24,11 @@ def tiny(sample_arrays):
     return x[:256], y[:256], (xt[:128], yt[:128])
 
 
-def _mlp_tuner(tmp_path, max_trials: int, tuner_class=kt.RandomSearch, **kwargs) -> kt.Tuner:
+def _mlp_tuner(tmp_path, tuner_class=kt.RandomSearch, **kwargs) -> kt.Tuner:
     """A search over the mlp recipe in ``tmp_path/p`` (reloads what an earlier one left there)."""
     return tuner_class(
         hypermodel("mlp", **FIXED),
         objective="val_accuracy",
-        max_trials=max_trials,
         directory=str(tmp_path),
         project_name="p",
         **kwargs,
@@ -72,7 +71,7 @@ def test_log_uniform_sampling_covers_decades_evenly():
 
 def test_random_search_and_trials_frame(tmp_path, tiny):
     x, y, val = tiny
-    tuner = _mlp_tuner(tmp_path, 3, seed=1)
+    tuner = _mlp_tuner(tmp_path, max_trials=3, seed=1)
     tuner.search(x, y, validation_data=val, epochs=1, verbose=0)  # raw 0-255 images, as keras-tuner documents
     frame = trials_frame(tuner)
     assert len(frame) == 3 and frame["trial_id"].is_unique
@@ -139,7 +138,7 @@ def test_diverging_trials_fail_with_their_reason_and_end_the_search(tmp_path, ti
     hp = kt.HyperParameters()
     hp.Fixed("optimizer.lr", 1e4)  # every trial diverges
     tuner = _mlp_tuner(
-        tmp_path, 5, hyperparameters=hp, tune_new_entries=True, max_consecutive_failed_trials=2
+        tmp_path, max_trials=5, hyperparameters=hp, tune_new_entries=True, max_consecutive_failed_trials=2
     )
     with pytest.raises(RuntimeError, match="consecutive"):
         tuner.search(x, y, validation_data=val, epochs=2, verbose=0)
@@ -375,7 +374,7 @@ def test_a_trial_finished_just_before_a_kill_is_not_rerun(tmp_path, tiny):
     x, y, val = tiny
 
     def make():
-        return _mlp_tuner(tmp_path, 2, seed=0)
+        return _mlp_tuner(tmp_path, max_trials=2, seed=0)
 
     tuner = make()
     tuner.search(x, y, validation_data=val, epochs=1, verbose=0)
@@ -402,17 +401,9 @@ def test_a_trial_drawn_just_before_a_kill_is_drawn_again_and_run(tmp_path, tiny,
     x, y, val = tiny
 
     def make(where):
-        if search == "hyperband":
-            return kt.Hyperband(
-                hypermodel("mlp", **FIXED),
-                objective="val_accuracy",
-                max_epochs=2,
-                directory=str(where),
-                project_name="p",
-                seed=1,  # keras-tuner draws a random seed for seed=0
-            )
-        tuner_class = kt.RandomSearch if search == "random" else ResumableGridSearch
-        return _mlp_tuner(where, 2, tuner_class, seed=1)
+        size = {"max_epochs": 2} if search == "hyperband" else {"max_trials": 2}
+        tuner_class = {"random": kt.RandomSearch, "grid": ResumableGridSearch, "hyperband": kt.Hyperband}
+        return _mlp_tuner(where, tuner_class[search], seed=1, **size)  # keras-tuner randomises seed=0
 
     def trials(tuner) -> list:
         """(id, status, values) of each trial; hyperband's promotions depend on the scores, so those
