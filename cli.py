@@ -11,18 +11,34 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from recipes.config import ConfigError, nearest  # noqa: E402
+
+def cuda_driver_loadable() -> bool:
+    """Whether the NVIDIA driver library that TensorFlow needs for any GPU work (libcuda.so.1) loads here."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def quiet_import_tensorflow() -> None:
     """Import TensorFlow with stderr silenced: its C++ start-up notices (oneDNN, CUDA probing) are printed
-    before TF_CPP_MIN_LOG_LEVEL is read. An import error is re-raised with stderr restored."""
+    before TF_CPP_MIN_LOG_LEVEL is read. Without an NVIDIA driver, the devices are also listed while
+    silenced, because TensorFlow's first device listing logs a CUDA ``cuInit`` error line there; where a
+    driver exists that listing stays audible, since its errors then mean a GPU is present but unusable.
+    An import error is re-raised with stderr restored. Call it before anything of ours is imported:
+    ``import recipes`` imports Keras, and with it TensorFlow."""
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             try:
-                import tensorflow  # noqa: F401
+                import tensorflow as tf
+
+                if not cuda_driver_loadable():
+                    tf.config.list_physical_devices()  # probes CUDA once per process; only the CPU is found
             finally:
                 os.dup2(saved, 2)
     finally:
@@ -54,6 +70,8 @@ def usage() -> str:
 
 def split_recipe(args: list[str]) -> tuple[str, list[str]]:
     """``recipe=NAME`` (or a bare first word) and the remaining overrides."""
+    from recipes.config import ConfigError
+
     recipe, rest = None, []
     for arg in args:
         if arg.startswith("recipe="):
@@ -68,6 +86,7 @@ def split_recipe(args: list[str]) -> tuple[str, list[str]]:
 
 
 def cmd_list(args: list[str]) -> int:
+    from recipes.config import ConfigError
     from recipes.registry import list_recipes
 
     if args:
@@ -96,7 +115,7 @@ def flops_text(pflops: float) -> str:
 
 
 def cmd_run(args: list[str]) -> int:
-    from recipes.train import EXIT_DIVERGED, run
+    from recipes.engine.run import EXIT_DIVERGED, run
 
     name, overrides = split_recipe(args)
     result = run(name, overrides)
@@ -128,7 +147,7 @@ def cmd_run(args: list[str]) -> int:
 
 
 def cmd_check(args: list[str]) -> int:
-    from recipes.checklist import format_table, run_checks
+    from recipes.diagnostics.checklist import format_table, run_checks
 
     name, overrides = split_recipe(args)
     results, out_dir = run_checks(name, overrides)
@@ -158,16 +177,17 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else EXIT_USAGE
     verb, args = argv[0], argv[1:]
+    quiet_import_tensorflow()  # before anything of ours: recipes imports Keras, and Keras TensorFlow
+    from recipes.config import ConfigError, nearest
+    from recipes.data import DataError
+    from recipes.engine.checkpoint import RunError
+
     if verb not in COMMANDS:
         print(
             f"error: unknown verb '{verb}'{nearest(verb, COMMANDS)}; expected one of {', '.join(COMMANDS)}",
             file=sys.stderr,
         )
         return EXIT_USAGE
-    quiet_import_tensorflow()
-    from recipes.checkpoint import RunError
-    from recipes.data import DataError
-
     try:
         return COMMANDS[verb](args)
     except (ConfigError, DataError, RunError) as e:

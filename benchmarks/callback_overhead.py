@@ -34,8 +34,8 @@ def main() -> None:
     from callbacks import ActivationStats, DeadUnitMonitor, LearningRateLogger, NaNGuard, UpdateRatioLogger
     from recipes import pipeline
     from recipes.data import load_data
+    from recipes.engine.training import compile_model, data_stats
     from recipes.registry import get_recipe
-    from recipes.train import compile_model, data_stats
 
     data_args = (
         ["data.name=cifar10", f"data.path={DEFAULT_DATA}"] if DEFAULT_DATA.exists() else ["data.name=sample"]

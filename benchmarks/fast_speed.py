@@ -46,9 +46,9 @@ def build(spec: dict, steps: int):
     import keras
     import numpy as np
 
-    from recipes.pipeline import recipe_train_dataset
+    from recipes.data.pipeline import recipe_train_dataset
+    from recipes.engine.training import compile_model
     from recipes.registry import get_recipe
-    from recipes.train import compile_model
 
     keras.mixed_precision.set_global_policy(spec.get("policy", "float32"))
     recipe = get_recipe("fast")

@@ -88,10 +88,10 @@ def time_to_reach(rows: list[dict], target: float) -> float | None:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    from recipes.plots import figure_module, save_figure
+    from recipes.engine.plots import new_figure, save_figure
 
-    plt = figure_module()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = new_figure(figsize=(7, 4.5))
+    ax = axes[0, 0]
     for name in dict.fromkeys(r["contender"] for r in rows):
         mine = [r for r in rows if r["contender"] == name]
         ax.plot(
@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--override", action="append", default=[], help="extra key=value for every contender")
     args = parser.parse_args(argv)
 
+    from recipes import run
     from recipes.config import ConfigError
     from recipes.data import load_data
     from recipes.registry import get_recipe
-    from recipes.train import run
 
     names = args.contenders.split(",")
     unknown = [n for n in names if n not in CONTENDERS]

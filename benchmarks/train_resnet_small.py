@@ -35,8 +35,9 @@ def main() -> None:
 
     from recipes import pipeline
     from recipes.data import load_data
+    from recipes.engine.evaluate import predict_tta
+    from recipes.engine.training import compile_model, data_stats, setup_determinism
     from recipes.registry import get_recipe
-    from recipes.train import compile_model, data_stats, predict_tta, setup_determinism
 
     data_overrides = [f"data.path={args.data}", "data.name=cifar10"] if args.data else ["data.name=sample"]
     recipe = get_recipe("resnet_small")

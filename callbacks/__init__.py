@@ -1,24 +1,41 @@
-"""Keras 3 callbacks and schedules for watching a training run (``from callbacks import ...``)."""
+"""Keras 3 callbacks and schedules for watching a training run (``from callbacks import ...``).
+
+A leaf library: it imports Keras, NumPy and matplotlib's object API, nothing of ``recipes``, ``tuners`` or
+``cli.py``. Importing it registers the schedules (``callbacks>Warmup``, ``recipes>Replannable``) that
+saved optimizers name, so ``.keras`` files load after ``import callbacks``.
+"""
 
 from callbacks.activation_stats import ActivationStats
 from callbacks.dead_unit_monitor import DeadUnitMonitor
 from callbacks.learning_rate_logger import LearningRateLogger
-from callbacks.lr_finder import ExponentialRange, LRFinderResult, find_lr
+from callbacks.lr_finder import LRFinderResult, find_lr
 from callbacks.nan_guard import NaNGuard, TrainingDiverged
+from callbacks.optimizer_utils import current_learning_rate, unwrap_optimizer
+from callbacks.schedules import (
+    DECAYS,
+    Replannable,
+    Warmup,
+    decay_schedule,
+    schedule_position,
+    warmup_schedule,
+)
 from callbacks.update_ratio_logger import UpdateRatioLogger
-from callbacks.warmup import Warmup, decay_schedule, warmup_schedule
 
 __all__ = [
+    "DECAYS",
     "ActivationStats",
-    "ExponentialRange",
-    "LRFinderResult",
-    "find_lr",
     "DeadUnitMonitor",
+    "LRFinderResult",
     "LearningRateLogger",
     "NaNGuard",
+    "Replannable",
     "TrainingDiverged",
     "UpdateRatioLogger",
     "Warmup",
+    "current_learning_rate",
     "decay_schedule",
+    "find_lr",
+    "schedule_position",
+    "unwrap_optimizer",
     "warmup_schedule",
 ]

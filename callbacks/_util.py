@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
 import keras
 import numpy as np
 
-
-def unwrap_optimizer(optimizer):
-    """The optimizer that owns the learning rate (inside a ``LossScaleOptimizer`` when mixed precision)."""
-    return getattr(optimizer, "inner_optimizer", optimizer)
-
-
-def current_learning_rate(optimizer, *, last_step: bool = True) -> float:
-    """Learning rate of the step just taken (``last_step``) or of the next one.
-
-    ``optimizer.learning_rate`` evaluates a schedule at ``iterations``, which is the *next* step; the rate
-    that produced the latest update is the schedule at ``iterations - 1``.
-    """
-    optimizer = unwrap_optimizer(optimizer)
-    schedule = getattr(optimizer, "_learning_rate", None)
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
-        if last_step:
-            step = max(0, step - 1)
-        return float(keras.ops.convert_to_numpy(schedule(step)))
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
 def probe_model(model: keras.Model, layers: list, who: str) -> keras.Model:
@@ -44,3 +29,31 @@ def as_batches(probe_x, batch_size: int = 256):
     """Probe inputs as a list of numpy batches (small, fixed, reused every measurement)."""
     x = np.asarray(probe_x)
     return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a ``matplotlib.figure.Figure`` as PNG atomically: a temporary file in the target's folder,
+    fsynced, then ``os.replace``d over ``path`` (a kill mid-write leaves the old plot, never a torn one).
+
+    The figure draws on its own Agg canvas, so no pyplot backend is chosen or changed, and it needs no
+    ``close``: it is freed with its last reference.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # make the rename itself durable, where the file system allows
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path

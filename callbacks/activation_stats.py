@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from callbacks._activations import SATURATING, activation_layers, activation_name
-from callbacks._util import as_batches, probe_model
+from callbacks._util import as_batches, probe_model, save_figure
 
 SATURATION_MARGIN = 0.01  # within 1% of the output range's ends counts as saturated
 
@@ -98,13 +98,13 @@ class ActivationStats(keras.callbacks.Callback):
         """One histogram per layer of the last measurement (the lecture's figure), written atomically."""
         if not self.activations:
             return None
-        from recipes.plots import figure_module, save_figure
+        from matplotlib.figure import Figure  # the object API: no pyplot, no backend switch
 
-        plt = figure_module()
         names = list(self.activations)
         cols = min(4, len(names))
         rows = -(-len(names) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), dpi=90, squeeze=False)
+        fig = Figure(figsize=(3 * cols, 2.4 * rows), dpi=90)
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax, name in zip(axes.flat, names):
             acts = self.activations[name].ravel()
             ax.hist(acts, bins=50, color="tab:blue")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from callbacks._util import current_learning_rate
+from callbacks.optimizer_utils import current_learning_rate
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -8,24 +8,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from keras.optimizers.schedules import ExponentialDecay
 
-from callbacks._util import unwrap_optimizer
-
-
-@keras.saving.register_keras_serializable(package="callbacks")
-class ExponentialRange(keras.optimizers.schedules.LearningRateSchedule):
-    """``min_lr * (max_lr / min_lr) ** (step / steps)``: an exponential sweep for the range test."""
-
-    def __init__(self, min_lr: float, max_lr: float, steps: int):
-        super().__init__()
-        self.min_lr, self.max_lr, self.steps = float(min_lr), float(max_lr), int(steps)
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        return self.min_lr * (self.max_lr / self.min_lr) ** (step / max(1, self.steps - 1))
-
-    def get_config(self) -> dict:
-        return {"min_lr": self.min_lr, "max_lr": self.max_lr, "steps": self.steps}
+from callbacks._util import save_figure
+from callbacks.optimizer_utils import current_learning_rate, unwrap_optimizer
 
 
 @dataclass
@@ -41,10 +27,10 @@ class LRFinderResult:
 
     def plot(self, path: str | Path) -> Path:
         """Loss against learning rate on a log axis, with the falling region and the suggestion."""
-        from recipes.plots import figure_module, save_figure
+        from matplotlib.figure import Figure  # the object API: no pyplot, no backend switch
 
-        plt = figure_module()
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        fig = Figure(figsize=(6, 4), dpi=100)
+        ax = fig.subplots()
         ax.plot(self.learning_rates, self.losses, alpha=0.3, label="batch loss")
         ax.plot(self.learning_rates, self.smoothed, label="smoothed")
         ax.axvspan(*self.falling_range, color="tab:green", alpha=0.1, label="loss falls")
@@ -59,6 +45,12 @@ class LRFinderResult:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         return save_figure(fig, path)
+
+
+def _range_schedule(min_lr: float, max_lr: float, steps: int) -> ExponentialDecay:
+    """The range test's sweep, ``min_lr * (max_lr / min_lr) ** (step / (steps - 1))``: Keras's
+    ``ExponentialDecay`` with a rate above 1, so that it reaches ``max_lr`` at the last step."""
+    return ExponentialDecay(min_lr, decay_steps=max(1, steps - 1), decay_rate=max_lr / min_lr)
 
 
 def find_lr(
@@ -76,7 +68,8 @@ def find_lr(
 ) -> LRFinderResult:
     """Run the range test on a clone of ``model`` (its weights and optimizer are left untouched).
 
-    The rate rises exponentially from ``min_lr`` to ``max_lr`` over ``steps`` steps (batches drawn from
+    The rate rises exponentially from ``min_lr`` to ``max_lr`` over ``steps`` steps (Keras's
+    ``ExponentialDecay`` with ``decay_rate = max_lr / min_lr > 1``; batches drawn from
     ``x, y``, cycling when needed); the test stops when the smoothed loss exceeds ``divergence_factor``
     times its minimum or becomes non-finite. The falling region spans the rates where the smoothed loss
     is still descending towards its minimum; the suggestion is the rate of steepest descent, capped at a
@@ -95,7 +88,7 @@ def find_lr(
     clone.set_weights(model.get_weights())
     optimizer = unwrap_optimizer(model.optimizer)
     config = optimizer.get_config()
-    config["learning_rate"] = ExponentialRange(min_lr, max_lr, steps)
+    config["learning_rate"] = _range_schedule(min_lr, max_lr, steps)
     clone.compile(optimizer=type(optimizer).from_config(config), loss=model.loss)
     batches = _batches(x, y, batch_size, seed)
 
@@ -103,8 +96,8 @@ def find_lr(
     avg, best, diverged_at = 0.0, math.inf, None
     for step in range(steps):
         xb, yb = next(batches)
-        rate = min_lr * (max_lr / min_lr) ** (step / (steps - 1))
         loss = float(clone.train_on_batch(xb, yb, return_dict=True)["loss"])
+        rate = current_learning_rate(clone.optimizer)  # the rate this step applied, read back
         rates.append(rate)
         losses.append(loss)
         if not math.isfinite(loss):

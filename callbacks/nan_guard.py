@@ -9,7 +9,7 @@ import warnings
 import keras
 import numpy as np
 
-from callbacks._util import current_learning_rate
+from callbacks.optimizer_utils import current_learning_rate
 
 
 class NaNGuard(keras.callbacks.Callback):

@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 
-from callbacks._util import current_learning_rate
+from callbacks.optimizer_utils import current_learning_rate
 
 ANNEALED = 0.1  # a learning rate below this fraction of the run's peak: the schedule's decay tail
 

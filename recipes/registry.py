@@ -69,5 +69,11 @@ def list_recipes() -> list[Recipe]:
 
 
 def _load_builtin() -> None:
-    # Importing a recipe module registers it.
-    from recipes import fast, mlp, resnet_small  # noqa: F401
+    """Import every module of :mod:`recipes.zoo`: importing a recipe's file registers it."""
+    import importlib
+    import pkgutil
+
+    from recipes import zoo
+
+    for module in pkgutil.iter_modules(zoo.__path__):
+        importlib.import_module(f"recipes.zoo.{module.name}")

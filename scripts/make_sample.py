@@ -1,4 +1,4 @@
-"""Build the bundled CIFAR-10 sample (recipes/sample/cifar10_sample.npz) from the full archive.
+"""Build the bundled CIFAR-10 sample (recipes/data/sample/cifar10_sample.npz) from the full archive.
 
 The sample holds the first 5,000 training and first 1,000 test images of the official batches (the
 shared copy's training order is a fixed shuffle, so every class is present), encoded as JPEG at

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from recipes.atomic import atomic_path, write_json
+from recipes.engine.atomic import atomic_path, write_json
 
 
 def test_replaces_the_file_and_leaves_no_temporaries(tmp_path):

@@ -7,10 +7,12 @@ import time
 import keras
 import pytest
 
-from recipes.budget import BudgetKeeper, BudgetPlan, Replannable, planned_config
+from callbacks import Replannable
+from recipes import run
 from recipes.config import ConfigError, parse_duration
+from recipes.engine.budget import BudgetKeeper, BudgetPlan, fit_schedule_to_plan
+from recipes.engine.training import build_optimizer
 from recipes.registry import get_recipe
-from recipes.train import run
 
 
 @pytest.mark.parametrize(
@@ -27,8 +29,12 @@ def test_bad_budget_is_one_clear_line(bad):
     assert str(err.value).startswith(f"trainer.budget={bad}: expected") and "\n" not in str(err.value)
 
 
-def test_plan_stretches_every_epoch_length_of_the_schedule():
-    cfg = get_recipe("resnet_small").config(["trainer.epochs=30", "schedule.warmup_epochs=2"])
+def test_the_plan_stretches_the_whole_configured_schedule_of_the_one_optimizer():
+    # 30 configured epochs of 351 steps (warmup 2 epochs, linear decay to 0.1x), planned as 5 x 100 steps
+    cfg = get_recipe("resnet_small").config(
+        ["trainer.budget=600", "schedule.name=linear", "schedule.final_lr_fraction=0.1"]
+    )
+    optimizer = build_optimizer(cfg, steps_per_epoch=351)
     plan = BudgetPlan(
         budget_seconds=600,
         epochs=5,
@@ -40,12 +46,19 @@ def test_plan_stretches_every_epoch_length_of_the_schedule():
         reserved_seconds=10.0,
         configured_epochs=30,
         configured_steps_per_epoch=351,
+        schedule_steps=30 * 351,
     )
-    planned = planned_config(cfg, plan)
-    assert planned.trainer.epochs == 5
-    # warmup was 2/30 of the schedule; it stays 2/30 of the planned 5 x 100 steps
-    assert planned.schedule.warmup_epochs * plan.steps_per_epoch == pytest.approx(500 * 2 / 30)
-    assert cfg.trainer.epochs == 30  # the original config is untouched
+    fit_schedule_to_plan(optimizer, plan)
+    schedule = optimizer._learning_rate
+    lr = cfg.optimizer.lr
+    # warmup was 2/30 of the schedule (702 steps of 10,530); it stays 2/30 of the planned 500 steps
+    warmup_end = 500 * 2 / 30
+    assert float(schedule(warmup_end)) == pytest.approx(lr, rel=1e-3)
+    assert float(schedule(warmup_end / 2)) == pytest.approx(lr / 2, rel=1e-2)
+    # the linear decay from lr at 2/30 to 0.1 lr at step 500, on a straight line
+    mid = (warmup_end + 500) / 2
+    assert float(schedule(mid)) == pytest.approx(lr * (1 + 0.1) / 2, rel=1e-3)
+    assert float(schedule(500)) == pytest.approx(0.1 * lr, rel=1e-4)
 
 
 def _mlp_under_budget(tmp_path, budget: float, *extra: str) -> list[str]:
@@ -98,10 +111,10 @@ def test_replannable_compresses_the_rest_of_the_schedule_and_round_trips():
 
 
 def _keeper_on_a_fake_clock(monkeypatch, plan):
-    import recipes.budget
+    import recipes.engine.budget
 
     now = [0.0]
-    monkeypatch.setattr(recipes.budget.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(recipes.engine.budget.time, "perf_counter", lambda: now[0])
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     linear = keras.optimizers.schedules.PolynomialDecay(
         1.0, decay_steps=plan.total_steps, end_learning_rate=0.0
@@ -244,10 +257,10 @@ def test_a_run_planned_too_short_is_stretched_and_ends_in_time(tmp_path, monkeyp
     # 2-core machine, idle or with one core busy elsewhere, so the keeper grows the plan, and the run still
     # ends in time with its schedule completed. (Planning on a quarter of the time left instead gave 5-6
     # epochs idle but 2 under CI's load, too few to grow, and the test failed there.)
-    import recipes.train
+    import recipes.engine.run
 
     budget = 20.0
-    real_calibrate = recipes.train.calibrate
+    real_calibrate = recipes.engine.run.calibrate
 
     def pessimistic_calibrate(*args, **kwargs):
         plan = real_calibrate(*args, **kwargs)
@@ -256,7 +269,7 @@ def test_a_run_planned_too_short_is_stretched_and_ends_in_time(tmp_path, monkeyp
         configured = plan.configured_epochs * plan.configured_steps_per_epoch
         return dataclasses.replace(plan, epochs=3, total_steps=total, epoch_scale=total / configured)
 
-    monkeypatch.setattr(recipes.train, "calibrate", pessimistic_calibrate)
+    monkeypatch.setattr(recipes.engine.run, "calibrate", pessimistic_calibrate)
     overrides = _mlp_under_budget(
         tmp_path,
         budget,
@@ -302,6 +315,6 @@ def test_budget_too_small_for_anything_says_so(tmp_path):
     ],
 )
 def test_best_plan_counts_the_per_epoch_overhead(seconds, step, per_epoch, spe, expected):
-    from recipes.budget import best_plan
+    from recipes.engine.budget import best_plan
 
     assert best_plan(seconds, step, per_epoch, spe) == expected

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import cli
-from recipes import checks
-from recipes.checklist import run_checks
+from recipes.diagnostics import checks
+from recipes.diagnostics.checklist import run_checks
 from tests.test_gradcheck import WrongGradient
 
 SAMPLE = ["data.name=sample", "data.val_size=100"]

@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from layers import Maxout, PatchWhitening
-from recipes.compute import forward_macs, layer_macs, train_flops_per_example
+from recipes.engine.compute import forward_macs, layer_macs, train_flops_per_example
 from recipes.registry import get_recipe
 
 STATS = {"mean": [0.0] * 3, "variance": [1.0] * 3, "num_classes": 10, "input_shape": (32, 32, 3)}

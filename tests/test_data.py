@@ -13,10 +13,10 @@ from recipes.data import (
     SAMPLE_PATH,
     DataError,
     load_data,
-    parse_batch,
     read_cifar,
     split,
 )
+from recipes.data.cifar import parse_batch
 
 PER_BATCH = 20
 
@@ -194,9 +194,12 @@ def test_bundled_sample_is_small_real_and_flagged(sample_arrays):
 
 def test_auto_falls_back_to_the_sample_with_a_reason(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache
-    data = load_data(DataConfig(name="auto"), allow_download=False)
+    monkeypatch.setattr("recipes.data.cifar.download_cifar", lambda: pytest.fail("auto must never download"))
+    data = load_data(DataConfig(name="auto"))
     assert data.is_sample
-    assert "Provide it in one of three ways" in data.notes[0]
+    note = data.notes[0]
+    assert "\n" not in note and f"{tmp_path / 'datasets'}/" in note and "cifar-10-python.tar.gz" in note
+    assert "using the bundled sample" in note
 
 
 def test_cifar10_without_any_source_lists_the_three_ways(monkeypatch, tmp_path):

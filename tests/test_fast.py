@@ -7,7 +7,8 @@ import sys
 import keras
 import numpy as np
 
-from recipes.train import predict_tta, run
+from recipes import run
+from recipes.engine.evaluate import predict_tta
 from tests.conftest import ROOT
 
 SMOKE = [
@@ -39,7 +40,7 @@ def test_fast_trains_on_real_images_and_freezes_the_whitening_bias(tmp_path):
     # a fresh process loads the run's checkpoint the way a resume does (recipe looked up, then loaded)
     load = (
         "import sys; sys.path.insert(0, sys.argv[1]); from recipes.registry import get_recipe; "
-        "get_recipe('fast'); import recipes.train, keras; "
+        "get_recipe('fast'); import recipes, keras; "
         "m = keras.saving.load_model(sys.argv[2]); print(type(m.optimizer).__name__)"
     )
     ckpt = sorted((tmp_path / "checkpoints").glob("epoch-*.keras"))[-1]
@@ -69,7 +70,7 @@ def test_each_trick_is_a_switch(tmp_path):
 
 
 def test_partial_identity_convs_copy_their_input_channels():
-    from recipes.fast import PartialIdentity
+    from recipes.zoo.fast import PartialIdentity
 
     kernel = keras.ops.convert_to_numpy(PartialIdentity()((3, 3, 4, 6)))
     x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype(np.float32)
@@ -121,7 +122,7 @@ def test_tta_predicts_the_average_of_the_views():
 
 
 def test_alternating_flip_mirrors_each_image_the_other_way_on_the_next_epoch():
-    from recipes.pipeline import train_dataset
+    from recipes.data.pipeline import train_dataset
 
     rng = np.random.default_rng(3)
     x = rng.integers(1, 256, (16, 32, 32, 3), dtype=np.uint8)
@@ -163,7 +164,7 @@ def _keras_sgd_trajectory(lr: float, weight_decay: float, momentum: float, grad,
 def test_airbench_hyperparameters_give_the_reference_steps_and_decay():
     """airbench94 (batch 1024): lr 11.5 / kilostep on a summed loss, L2 0.0153 * 1024 / kilostep added to
     the gradient. Keras SGD with the converted values, on a mean loss, must move and decay alike."""
-    from recipes.fast import airbench_hyperparameters
+    from recipes.zoo.fast import airbench_hyperparameters
 
     batch, momentum = 256, 0.85
     kilostep = 1024 * (1 + 1 / (1 - momentum))

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from recipes.optimizers import LookaheadSGD
+from recipes.engine.optimizers import LookaheadSGD
 
 
 def _steps(optimizer, variables, grads, n):

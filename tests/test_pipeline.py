@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from recipes.pipeline import augment_batch, train_dataset
+from recipes.data.pipeline import augment_batch, train_dataset
 
 
 def _batches(ds):

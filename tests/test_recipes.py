@@ -5,7 +5,7 @@ import json
 import keras
 import pytest
 
-from recipes.train import run
+from recipes import run
 
 SMOKE = [
     "data.name=sample",

@@ -147,6 +147,17 @@ def test_diverging_trials_fail_with_their_reason_and_end_the_search(tmp_path, ti
     assert frame["message"].str.contains("diverged").all()
 
 
+def _completed_trials(out) -> dict:
+    """(project, trial id) -> (values, mtime) of every completed trial (project: coarse_to_fine's stage)."""
+    done = {}
+    for path in (out / "tuner").glob("*/trial_*/trial.json"):
+        trial = json.loads(path.read_text())
+        if trial["status"] == "COMPLETED":
+            key = (path.parent.parent.name, trial["trial_id"])
+            done[key] = (trial["hyperparameters"]["values"], path.stat().st_mtime_ns)
+    return done
+
+
 # random search's resume path is grid's without the grid's saved order; the unit tests below cover it
 @pytest.mark.parametrize("tuner, total", [("grid", 4), ("coarse_to_fine", 6)])
 def test_cli_search_killed_midway_resumes_with_the_remaining_trials(tmp_path, tuner, total):
@@ -164,39 +175,20 @@ def test_cli_search_killed_midway_resumes_with_the_remaining_trials(tmp_path, tu
         "trainer.epochs=1",
         f"trainer.out_dir={out}",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), *args],
+    # SIGKILLed by the process itself as its third trial starts: two trials done, the third running
+    killed = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "kill_points.py"), "trial", "3", *args],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
-
-    def completed() -> dict:
-        done = {}
-        for path in (out / "tuner").glob("*/trial_*/trial.json"):
-            try:
-                trial = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue
-            if trial["status"] == "COMPLETED":
-                key = (
-                    path.parent.parent.name,
-                    trial["trial_id"],
-                )  # (project, trial) for coarse_to_fine's stages
-                done[key] = (trial["hyperparameters"]["values"], path.stat().st_mtime_ns)
-        return done
-
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and len(completed()) < 2:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the search ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = completed()
-    assert 2 <= len(before) < total
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    before = _completed_trials(out)
+    assert len(before) == 2, before
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    after = completed()
+    after = _completed_trials(out)
     statuses = {
         f"{path.parent.parent.name}/{path.parent.name}": json.loads(path.read_text())["status"]
         for path in (out / "tuner").glob("*/trial_*/trial.json")
@@ -213,7 +205,7 @@ def test_state_files_are_written_atomically(tmp_path, monkeypatch):
     """A kill between writing keras-tuner's new state and renaming it over the old leaves the old state."""
     from keras_tuner.src import utils as kt_utils
 
-    import recipes.atomic
+    import recipes.engine.atomic
 
     oracle = kt.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=3)
     oracle._set_project_dir(str(tmp_path), "project")
@@ -225,7 +217,7 @@ def test_state_files_are_written_atomically(tmp_path, monkeypatch):
     def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipes.atomic.os, "replace", killed)
+    monkeypatch.setattr(recipes.engine.atomic.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         kt_utils.save_json(str(path), {"max_trials": 99, "padding": "x" * 100_000})
     assert json.loads(path.read_text()) == saved

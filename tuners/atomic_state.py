@@ -4,7 +4,7 @@ keras-tuner 1.4 writes ``oracle.json``, ``tuner0.json`` and every ``trial.json``
 writing and writing the JSON in place: a kill (Ctrl-C twice, an out-of-memory kill, a laptop lid) in the
 middle of a write leaves a torn file, and the next run cannot reload the search at all. Every one of those
 writes goes through ``keras_tuner.src.utils.save_json``; :func:`install` replaces it with a version that
-writes local files through :func:`recipes.atomic.write_text` (temporary file, fsync, rename), so a kill
+writes local files through :func:`recipes.engine.atomic.write_text` (temporary file, fsync, rename), so a kill
 leaves the old state or the new one. Remote paths (``gs://``) keep keras-tuner's own writer.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from keras_tuner.src import utils as kt_utils
 
-from recipes.atomic import write_text
+from recipes.engine.atomic import write_text
 
 _original_save_json = kt_utils.save_json
 

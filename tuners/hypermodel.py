@@ -9,10 +9,9 @@ import keras_tuner as kt
 import numpy as np
 
 from layers import adapt_whitening
-from recipes import pipeline
-from recipes.data import validate
-from recipes.registry import get_recipe
-from recipes.train import compile_model
+from recipes import get_recipe
+from recipes.data import ImageData, validate
+from recipes.engine.training import build_training
 
 
 class TrialTimer(keras.callbacks.Callback):
@@ -53,6 +52,7 @@ class RecipeHyperModel(kt.HyperModel):
         self.recipe.config(self.overrides)  # fail now on a bad override, not inside the first trial
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
+        self._names = [str(i) for i in range(num_classes)]
 
     def trial_overrides(self, hp: kt.HyperParameters) -> list[str]:
         """The fixed overrides followed by this trial's sampled values, as ``key=value``."""
@@ -63,6 +63,8 @@ class RecipeHyperModel(kt.HyperModel):
         return self.recipe.config([*self.trial_overrides(hp), *extra])
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
+        """The trial's model, compiled; its normalisation (and patch whitening) is fitted in :meth:`fit`,
+        and its schedule set to the trial's epochs there."""
         cfg = self.config(hp)
         stats = {
             "mean": None,
@@ -70,9 +72,13 @@ class RecipeHyperModel(kt.HyperModel):
             "num_classes": self.num_classes,
             "input_shape": self.input_shape,
         }
-        model = self.recipe.build_model(cfg, stats)  # normalisation is fitted on the data in fit()
-        compile_model(model, cfg, steps_per_epoch=1)
-        return model
+        image, label = np.zeros((1, *self.input_shape), np.uint8), np.zeros(1, np.int32)
+        placeholder = ImageData(
+            image, label, image[:0], label[:0], image[:0], label[:0], self._names, "keras-tuner"
+        )
+        return build_training(
+            self.recipe, cfg, placeholder, stats=stats, monitors=False, datasets=False
+        ).model
 
     def fit(
         self,
@@ -86,38 +92,39 @@ class RecipeHyperModel(kt.HyperModel):
         verbose="auto",
         **kwargs,
     ):
-        from callbacks import NaNGuard
-
-        x, y = np.asarray(x), np.asarray(y).reshape(-1).astype(np.int32)
-        validate(x, y, self.num_classes, "tuner training data")
+        """Train a trial as ``run`` does (the same set-up, without the monitors), on raw images."""
+        data = self._data(x, y, validation_data)
         cfg = self.config(hp, [f"trainer.epochs={epochs}"] if epochs else [])
-        epochs = cfg.trainer.epochs
-        model.get_layer("normalize").adapt(x[:10000].astype(np.float32))
-        adapt_whitening(model, x)  # patch-whitening layers see the normalised images
-        batch = min(cfg.trainer.batch_size, len(x))
-        spe = pipeline.steps_per_epoch(len(x), batch)
-        compile_model(model, cfg, spe)  # the schedule spans this trial's epochs
-        train = pipeline.recipe_train_dataset(cfg, x, y, num_classes=self.num_classes, batch_size=batch)
-        val = None
-        if validation_data is not None:
-            vx, vy = validation_data[0], np.asarray(validation_data[1]).reshape(-1).astype(np.int32)
-            val = pipeline.eval_dataset(
-                np.asarray(vx), vy, num_classes=self.num_classes, batch_size=max(batch, 256)
-            )
-        guard = NaNGuard(explosion_factor=cfg.callbacks.explosion_factor)
-        recipe_callbacks = self.recipe.train_callbacks(cfg, 1.0) if self.recipe.train_callbacks else []
+        normalize = next((layer for layer in model.layers if layer.name == "normalize"), None)
+        if normalize is not None:  # built without statistics: fitted to this search's images
+            normalize.adapt(data.x_train[:10000].astype(np.float32))
+        adapt_whitening(model, data.x_train)  # patch-whitening layers see the normalised images
+        training = build_training(self.recipe, cfg, data, model=model, monitors=False, recompile=True)
         history = model.fit(
-            train,
-            validation_data=val,
-            epochs=epochs,
-            steps_per_epoch=spe,
+            training.train_ds,
+            validation_data=training.val_ds,
+            epochs=training.epochs,
+            steps_per_epoch=training.steps_per_epoch,
             shuffle=False,
-            callbacks=[TrialTimer(), *recipe_callbacks, guard, *(callbacks or [])],
+            callbacks=[TrialTimer(), *training.callbacks, *(callbacks or [])],
             verbose=verbose,
         )
-        if guard.stopped:
-            raise kt.errors.FailedTrialError(f"diverged: {guard.stop_info['advice']}")
+        if training.guard is not None and training.guard.stopped:
+            raise kt.errors.FailedTrialError(f"diverged: {training.guard.stop_info['advice']}")
         return history
+
+    def _data(self, x, y, validation_data) -> ImageData:
+        """keras-tuner's arguments as the engine's data: validated images and integer labels."""
+        x, y = np.asarray(x), np.asarray(y).reshape(-1).astype(np.int32)
+        validate(x, y, self.num_classes, "tuner training data")
+        vx = np.zeros((0, *x.shape[1:]), x.dtype)
+        vy = np.zeros(0, np.int32)
+        if validation_data is not None:
+            vx, vy = (
+                np.asarray(validation_data[0]),
+                np.asarray(validation_data[1]).reshape(-1).astype(np.int32),
+            )
+        return ImageData(x, y, vx, vy, vx[:0], vy[:0], self._names, "keras-tuner")
 
 
 def hypermodel(recipe_name: str, overrides: list[str] | tuple[str, ...] = (), **kwargs) -> RecipeHyperModel:

@@ -43,7 +43,7 @@ def log_scaled(tuner: kt.Tuner) -> set[str]:
 
 def plot_scores(frame: pd.DataFrame, score: str, log_names: set[str], path: str | Path) -> Path | None:
     """Score against every numeric hyperparameter, one panel each, log x-axis where sampling was log."""
-    from recipes.plots import figure_module, save_figure
+    from recipes.engine.plots import new_figure, save_figure
 
     skip = {"trial_id", "stage", "status", score, "best_epoch", "wall_seconds", "message"}
     numeric = [
@@ -54,10 +54,9 @@ def plot_scores(frame: pd.DataFrame, score: str, log_names: set[str], path: str 
     done = frame[frame[score].notna()]
     if not numeric or done.empty:
         return None
-    plt = figure_module()
     cols = min(3, len(numeric))
     rows = math.ceil(len(numeric) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), dpi=90, squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(4 * cols, 3.2 * rows), dpi=90)
     stages = sorted(done["stage"].dropna().unique()) if done["stage"].notna().any() else [None]
     for ax, name in zip(axes.flat, numeric):
         for stage in stages:

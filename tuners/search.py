@@ -10,12 +10,12 @@ from pathlib import Path
 
 import keras_tuner as kt
 
-from recipes.atomic import write_text
-from recipes.checkpoint import RunError
 from recipes.config import ConfigError, nearest
 from recipes.data import load_data
+from recipes.engine.atomic import write_text
+from recipes.engine.checkpoint import RunError
+from recipes.engine.run_dir import resolve_out_dir
 from recipes.registry import get_recipe
-from recipes.train import resolve_out_dir
 from tuners.atomic_state import torn_files
 from tuners.coarse_to_fine import coarse_to_fine
 from tuners.grid import ResumableGridSearch

@@ -1,27 +1,27 @@
-"""PNG curves of a run's history (loss, accuracy, learning rate against epochs), written atomically."""
+"""PNG curves of a run's history (loss, accuracy, learning rate against epochs), written atomically.
+
+Figures are made with matplotlib's object API (:class:`matplotlib.figure.Figure`), which needs no
+display and leaves the user's pyplot backend alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from recipes.atomic import write_with
+from recipes.engine.atomic import write_with
 
 
-def figure_module():
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
+def new_figure(rows: int = 1, cols: int = 1, **kwargs):
+    """A figure and its axes (a 2-D array of them, ``squeeze=False``), without pyplot."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Save a figure as PNG atomically and close it."""
+    """Save a figure as PNG atomically."""
     path = Path(path)
     write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    figure_module().close(fig)
     return path
 
 
@@ -29,7 +29,6 @@ def plot_history(rows: list[dict], out_dir: str | Path) -> list[Path]:
     """``loss.png``, ``accuracy.png`` and ``learning_rate.png`` from per-epoch rows; returns the paths."""
     if not rows:
         return []
-    plt = figure_module()
     out_dir = Path(out_dir)
     epochs = [row["epoch"] for row in rows]
     written = []
@@ -42,7 +41,8 @@ def plot_history(rows: list[dict], out_dir: str | Path) -> list[Path]:
         keys = [k for k in keys if any(k in row for row in rows)]
         if not keys:
             continue
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        fig, axes = new_figure(figsize=(6, 4), dpi=100)
+        ax = axes[0, 0]
         for key in keys:
             ax.plot(epochs, [row.get(key, float("nan")) for row in rows], marker="o", markersize=3, label=key)
         ax.set_xlabel("epoch")

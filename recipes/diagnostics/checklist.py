@@ -1,8 +1,8 @@
 """``python cli.py check recipe=NAME [key=value ...]``: run the babysitting checklist on a recipe.
 
-Builds fresh models of the recipe (with the user's overrides), runs the six checks of
-:mod:`recipes.checks` on a slice of the training data, prints a table, and writes ``check.json`` plus the
-plots (``lr_range.png``, ``activations.png``) into ``trainer.out_dir``.
+Builds fresh models of the recipe (with the user's overrides) through the engine's training set-up, runs
+the checks of :mod:`recipes.diagnostics.checks` on a slice of the training data, prints a table, and
+writes ``check.json`` plus the plots (``lr_range.png``, ``activations.png``) into ``trainer.out_dir``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from recipes import checks
-from recipes.atomic import write_json
 from recipes.config import apply_overrides, flat_dict
 from recipes.data import load_data
+from recipes.diagnostics import checks
+from recipes.engine.atomic import write_json
+from recipes.engine.run_dir import resolve_out_dir
+from recipes.engine.training import build_optimizer, build_training, data_stats, setup_determinism
 from recipes.registry import get_recipe
-from recipes.train import build_optimizer, compile_model, data_stats, resolve_out_dir, setup_determinism
 
 # What "regularisation and augmentation off" means, for the keys a recipe has.
 REGULARISATION_OFF = {
@@ -51,7 +52,6 @@ def run_checks(
 
     data = load_data(cfg.data, seed=cfg.trainer.seed)
     setup_determinism(cfg.trainer.seed, False)
-    stats = data_stats(data)
     n = min(len(data.x_train), 2048)
     x = data.x_train[:n].astype(np.float32)
     y = keras.ops.convert_to_numpy(keras.ops.one_hot(data.y_train[:n], data.num_classes))
@@ -59,13 +59,10 @@ def run_checks(
     constant = _with(cfg, CONSTANT_RATE)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True)
 
-    def build(c):
-        return recipe.build_model(c, stats)
+    stats = data_stats(data)
 
-    def compiled(c):
-        model = build(c)
-        compile_model(model, c, steps_per_epoch=1)
-        return model
+    def build(c):  # the model and optimizer a run of config c trains, as run and the tuner build them
+        return build_training(recipe, c, data, stats=stats, monitors=False, datasets=False).model
 
     echo(f"Checking {recipe.name} on {n} training images ({data.source})")
     results = []
@@ -86,13 +83,11 @@ def run_checks(
         )
     )
     k = min(overfit_examples, n)
-    record(checks.check_overfit(compiled(plain), x[:k], y[:k], max_steps=overfit_steps))
-    record(
-        checks.check_learning_rate(compiled(cfg), x, y, cfg.optimizer.lr, plot_path=out_dir / "lr_range.png")
-    )
+    record(checks.check_overfit(build(plain), x[:k], y[:k], max_steps=overfit_steps))
+    record(checks.check_learning_rate(build(cfg), x, y, cfg.optimizer.lr, plot_path=out_dir / "lr_range.png"))
     record(checks.check_gradients(build(cfg)))
     record(checks.check_activations(build(cfg), x[:256], plot_path=out_dir / "activations.png"))
-    record(checks.check_update_ratio(compiled(constant), x[:128], y[:128]))
+    record(checks.check_update_ratio(build(constant), x[:128], y[:128]))
 
     write_json(
         out_dir / "check.json",

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import keras
 
-from recipes.atomic import atomic_path, write_json, write_text
-from recipes.plots import plot_history
+from recipes.engine.atomic import atomic_path, write_json, write_text
+from recipes.engine.plots import plot_history
 
 KEEP_CHECKPOINTS = 2
 
@@ -43,6 +43,22 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     """``model.save`` opens its target in place; save to a temp file and rename it instead."""
     with atomic_path(path) as tmp:
         model.save(tmp)
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The same layers and weights without the training state (optimizer, schedule, loss), so that the
+    saved file loads with ``keras.saving.load_model`` and nothing of ours beyond the layers it uses.
+    A model that is not functional (subclassed) is returned as it is."""
+    try:
+        return keras.Model(model.input, model.output, name=model.name)
+    except (AttributeError, ValueError, TypeError):
+        return model
+
+
+def save_inference_model(model: keras.Model, path: str | Path) -> None:
+    """A run's deliverable ``model.keras``: :func:`inference_model`, saved atomically. The checkpoints
+    keep the optimizer state for resuming."""
+    save_model(inference_model(model), path)
 
 
 class RunCheckpoint(keras.callbacks.Callback):

@@ -8,14 +8,17 @@ this calibration, training, validation, checkpoints and the final (test-time aug
 A shared machine's speed wanders: calibration can catch a slow moment, and the machine can slow down
 mid-run. :class:`BudgetKeeper` times every epoch and re-plans when the epochs left would overrun (fewer
 epochs) or when clearly more of them fit (more epochs, up to ``MAX_STRETCH`` times the calibrated plan):
-the rest of the schedule (through :class:`Replannable`, and the lookahead ramp of
-:class:`recipes.optimizers.LookaheadSGD`) is compressed or stretched into them, so the run still ends in
-time with its schedule completed, and does not leave a quarter of its budget unused.
+the rest of the schedule (through :class:`callbacks.Replannable`, and the lookahead ramp of
+:class:`recipes.engine.optimizers.LookaheadSGD`) is compressed or stretched into them, so the run still
+ends in time with its schedule completed, and does not leave a quarter of its budget unused.
+
+The optimizer is built once, for the configured schedule: :func:`calibrate` times its steps, and
+:func:`fit_schedule_to_plan` then sets the pace at which it reads that schedule so that it ends with the
+plan.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 import time
@@ -27,7 +30,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from callbacks._util import unwrap_optimizer
+from callbacks import Replannable, schedule_position, unwrap_optimizer
 
 CALIBRATION_STEPS = 30
 SKIP_STEPS = 10  # the first step traces; the next ones run on prefetched batches
@@ -52,6 +55,12 @@ class BudgetPlan:
     final_eval_seconds: float = 0.0  # the final evaluation and save, part of reserved_seconds
     trace_seconds: float = 0.0  # the first training step's tracing, paid again by the first epoch
     replans: list[dict] = field(default_factory=list)  # BudgetKeeper's re-plans, in order
+    schedule_steps: int = 0  # the configured schedule's length in its own steps (0: total_steps)
+
+    @property
+    def schedule_end(self) -> int:
+        """Where the schedule ends, in its own steps (a plan saved before ``schedule_steps``: the plan's)."""
+        return self.schedule_steps or self.total_steps
 
     @property
     def stop_epoch(self) -> int:
@@ -96,9 +105,9 @@ def _time_predict(model, x: np.ndarray, batch_size: int) -> float:
 
 def _time_epoch_end(model) -> float:
     """Seconds of what a run does at every epoch end besides validating: checkpoint, state, curves."""
-    from recipes.atomic import write_json
-    from recipes.checkpoint import save_model
-    from recipes.plots import plot_history
+    from recipes.engine.atomic import write_json
+    from recipes.engine.checkpoint import save_model
+    from recipes.engine.plots import plot_history
 
     rows = [
         {"epoch": e, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5, "learning_rate": 0.1}
@@ -110,6 +119,28 @@ def _time_epoch_end(model) -> float:
         write_json(Path(tmp) / "state.json", {"history": rows})
         plot_history(rows, Path(tmp))
         return time.perf_counter() - start
+
+
+def _time_steps(model: keras.Model, train_ds) -> tuple[float, float]:
+    """Seconds per steady training step, and the first step's extra (tracing) seconds, over
+    ``CALIBRATION_STEPS`` steps of ``train_ds``; the weights and the optimizer state are restored after."""
+    weights = [np.array(w) for w in model.get_weights()]
+    optimizer_state = [np.array(v) for v in model.optimizer.variables]
+    timer = _StepTimer()
+    fit_start = time.perf_counter()
+    model.fit(
+        train_ds, steps_per_epoch=CALIBRATION_STEPS, epochs=1, verbose=0, callbacks=[timer], shuffle=False
+    )
+    gaps = np.diff([fit_start, *timer.ends])
+    # The input pipeline prefetches while the first step traces, so the next few steps find their batches
+    # ready: averaging only those underestimated a ResNet's steady step by a third. Skip them, and use
+    # the mean, which counts the occasional wait for data that a median would hide.
+    skip = SKIP_STEPS if len(gaps) > SKIP_STEPS + 2 else min(1, len(gaps) - 1)  # a tiny data set
+    step = float(np.mean(gaps[skip:]))
+    model.set_weights(weights)
+    for variable, value in zip(model.optimizer.variables, optimizer_state):
+        variable.assign(value)
+    return step, max(0.0, float(gaps[0]) - step)
 
 
 def best_plan(seconds: float, step: float, per_epoch: float, steps_per_epoch: int) -> tuple[int, int]:
@@ -148,25 +179,9 @@ def calibrate(
     one step fits.
     """
     start = time.perf_counter()
-    weights = [np.array(w) for w in model.get_weights()]
-    optimizer_state = [np.array(v) for v in model.optimizer.variables]
-    timer = _StepTimer()
-    fit_start = time.perf_counter()
-    model.fit(
-        train_ds, steps_per_epoch=CALIBRATION_STEPS, epochs=1, verbose=0, callbacks=[timer], shuffle=False
-    )
-    gaps = np.diff([fit_start, *timer.ends])
-    # The input pipeline prefetches while the first step traces, so the next few steps find their batches
-    # ready: averaging only those underestimated a ResNet's steady step by a third. Skip them, and use
-    # the mean, which counts the occasional wait for data that a median would hide.
-    skip = SKIP_STEPS if len(gaps) > SKIP_STEPS + 2 else min(1, len(gaps) - 1)  # a tiny data set
-    step = float(np.mean(gaps[skip:]))
-    trace = max(0.0, float(gaps[0]) - step)  # the first step traces the training function
+    step, trace = _time_steps(model, train_ds)
     per_image = _time_predict(model, eval_images[: max(2 * eval_batch_size, 1024)], eval_batch_size)
     epoch_end = _time_epoch_end(model)
-    model.set_weights(weights)
-    for variable, value in zip(model.optimizer.variables, optimizer_state):
-        variable.assign(value)
     calibration = time.perf_counter() - start
 
     final_eval = per_image * len(eval_images) * final_eval_passes + epoch_end
@@ -194,74 +209,53 @@ def calibrate(
         configured_steps_per_epoch=steps_per_epoch,
         final_eval_seconds=round(final_eval, 2),
         trace_seconds=round(trace, 2),
+        schedule_steps=configured_steps,
     )
 
 
-def planned_config(cfg, plan: BudgetPlan):
-    """A copy of ``cfg`` whose epoch counts describe the plan: ``trainer.epochs`` planned epochs (of
-    ``plan.steps_per_epoch`` steps each) and every epoch-denominated schedule length stretched by the
-    same factor as the whole schedule."""
-    planned = copy.deepcopy(cfg)
-    per_config_epoch = plan.epoch_length_scale
-    s = planned.schedule
-    s.warmup_epochs = s.warmup_epochs * per_config_epoch
-    s.step_epochs = max(1, round(s.step_epochs * per_config_epoch))
-    s.inverse_time_k = s.inverse_time_k / per_config_epoch
-    planned.trainer.epochs = plan.epochs
-    return planned
-
-
-@keras.saving.register_keras_serializable(package="recipes")
-class Replannable(keras.optimizers.schedules.LearningRateSchedule):
-    """``schedule`` read at an adjustable pace: step ``t`` gets ``schedule(position(t))`` with
-    ``position(t) = start_position + (t - start_step) * pace`` (the identity until :meth:`set_pace`).
-
-    :class:`BudgetKeeper` raises the pace mid-run so that the rest of the schedule, decay included, fits in
-    fewer steps. The pace lives in variables read by the compiled training step, so a change applies at
-    the next step without retracing; ``get_config`` records it, so a checkpoint resumes at that pace.
-    """
-
-    def __init__(self, schedule, start_step: float = 0.0, start_position: float = 0.0, pace: float = 1.0):
-        if isinstance(schedule, dict):
-            schedule = keras.saving.deserialize_keras_object(schedule)
-        if not callable(schedule):
-            raise ValueError(f"`schedule` must be a LearningRateSchedule. Received: {schedule!r}")
-        self.schedule = schedule
-        self._pace = [
-            keras.Variable(float(v), dtype="float32", trainable=False, name=n)
-            for v, n in ((start_step, "start_step"), (start_position, "start_position"), (pace, "pace"))
-        ]
-
-    def position(self, step):
-        start_step, start_position, pace = self._pace
-        return start_position + (keras.ops.cast(step, "float32") - start_step) * pace
-
-    def __call__(self, step):
-        return self.schedule(self.position(step))
-
-    def set_pace(self, start_step: int, start_position: float, pace: float) -> None:
-        for variable, value in zip(self._pace, (start_step, start_position, pace)):
-            variable.assign(float(value))
-
-    def get_config(self) -> dict:
-        start_step, start_position, pace = (float(keras.ops.convert_to_numpy(v)) for v in self._pace)
-        return {
-            "schedule": keras.saving.serialize_keras_object(self.schedule),
-            "start_step": start_step,
-            "start_position": start_position,
-            "pace": pace,
-        }
-
-
-def schedule_position(optimizer) -> tuple[int, float]:
-    """The optimizer's step count, and where its schedule stands: a :class:`Replannable`'s position, else
-    the step itself."""
+def fit_schedule_to_plan(optimizer, plan: BudgetPlan) -> None:
+    """Read the configured schedule at the pace that ends it at the plan's last step: the optimizer built
+    for the configured epochs (and timed by :func:`calibrate`) is the one that trains, not a second one.
+    Warmup and every other epoch-denominated length stretch with the whole schedule."""
     optimizer = unwrap_optimizer(optimizer)
-    step = int(keras.ops.convert_to_numpy(optimizer.iterations))
     schedule = getattr(optimizer, "_learning_rate", None)
-    if isinstance(schedule, Replannable):
-        return step, float(keras.ops.convert_to_numpy(schedule.position(step)))
-    return step, float(step)
+    if not isinstance(schedule, Replannable):
+        raise TypeError("a budget run's optimizer must read its schedule through callbacks.Replannable")
+    schedule.set_pace(0, 0.0, plan.schedule_end / plan.total_steps)
+    if hasattr(optimizer, "set_total_steps"):
+        optimizer.set_total_steps(plan.total_steps)
+
+
+def budget_report(model: keras.Model, plan: BudgetPlan, used_seconds: float, resumed: bool) -> dict:
+    """How a budget was used: the plan, the seconds spent, and whether the schedule ran to its end."""
+    steps_done, position = schedule_position(model.optimizer)
+    end = plan.schedule_end
+    return {
+        **plan.as_dict(),
+        "used_seconds": used_seconds if not resumed else None,  # a resumed run's clock restarted
+        "within_budget": used_seconds <= plan.budget_seconds if not resumed else None,
+        "steps_done": steps_done,
+        "schedule_completed": position >= end - 1e-3 * end,
+        "final_learning_rate": float(
+            keras.ops.convert_to_numpy(unwrap_optimizer(model.optimizer).learning_rate)
+        ),
+    }
+
+
+class FixedPlan:
+    """A run without a budget: it ends after ``epochs``. Read, like a :class:`BudgetPlan`, through
+    ``stop_epoch`` and ``max_epochs`` (the progress output and fit's bound)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    @property
+    def stop_epoch(self) -> int:
+        return self.epochs
+
+    @property
+    def max_epochs(self) -> int:
+        return self.epochs
 
 
 class BudgetKeeper(keras.callbacks.Callback):
@@ -327,7 +321,7 @@ class BudgetKeeper(keras.callbacks.Callback):
         step, position = schedule_position(optimizer)
         steps_left = epochs_left * self.plan.steps_per_epoch
         if steps_left and isinstance(schedule, Replannable):
-            schedule.set_pace(step, position, (self.plan.total_steps - position) / steps_left)
+            schedule.set_pace(step, position, (self.plan.schedule_end - position) / steps_left)
             if hasattr(optimizer, "set_total_steps"):
                 optimizer.set_total_steps(step + steps_left)
         record = {

@@ -1,5 +1,4 @@
-"""Image data for the recipes: CIFAR-10 (archive, folder, Keras cache, download), the bundled sample, and
-the user's own image folders, all returned as one validated :class:`ImageData`.
+"""CIFAR-10 from the official archive, its extracted folder, or the Keras cache, read without running code.
 
 The CIFAR-10 batches are pickles, and unpickling runs code: they are read with :class:`SafeUnpickler`,
 which rebuilds only plain data (dicts, lists, bytes, numbers, numpy arrays) and refuses anything else.
@@ -14,10 +13,11 @@ import os
 import pickle
 import tarfile
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from recipes.data.splits import DataError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
@@ -25,36 +25,6 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST = "test_batch"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-SAMPLE_PATH = Path(__file__).parent / "sample" / "cifar10_sample.npz"
-
-
-class DataError(ValueError):
-    """Data that cannot be used. The message is one line, fit to show a user."""
-
-
-@dataclass
-class ImageData:
-    """Train / validation / test splits as raw uint8 images (N, H, W, 3) and int32 labels."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    class_names: list[str]
-    source: str  # where the images came from, recorded in metrics.json
-    is_sample: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and variance of the training split only (never validation or test)."""
-        x = self.x_train.reshape(-1, self.x_train.shape[-1]).astype(np.float64)
-        return x.mean(axis=0).astype(np.float32), x.var(axis=0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +178,13 @@ def keras_cache_candidates() -> list[Path]:
     ]
 
 
+def cache_search_text() -> str:
+    """The Keras-cache places :func:`find_cifar` tries, as one phrase: ``ROOT/ (a, b, c)``."""
+    candidates = keras_cache_candidates()
+    root = candidates[1].parent
+    return f"{root}/ ({', '.join(str(c.relative_to(root)) for c in candidates)})"
+
+
 def download_cifar() -> Path:
     """Download the official archive once into the Keras cache, checked against its sha256."""
     import keras
@@ -241,172 +218,3 @@ def find_cifar(path: str | None, *, allow_download: bool = True) -> tuple[tuple[
         f"{keras_cache_candidates()[1].parent}/; (3) run once with network access to download it from "
         f"{CIFAR10_URL}"
     )
-
-
-def read_sample() -> tuple[np.ndarray, ...]:
-    """The bundled CIFAR-10 sample: real images stored as JPEG (quality 95) in an npz of plain arrays."""
-    import tensorflow as tf
-
-    if not SAMPLE_PATH.is_file():
-        raise DataError(f"the bundled sample {SAMPLE_PATH} is missing; reinstall the package")
-    with np.load(SAMPLE_PATH, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-
-    def decode(prefix: str) -> np.ndarray:
-        blob, offsets = arrays[f"{prefix}_jpeg"].tobytes(), arrays[f"{prefix}_offsets"]
-        images = [tf.io.decode_jpeg(blob[a:b], channels=3).numpy() for a, b in zip(offsets[:-1], offsets[1:])]
-        return np.stack(images)
-
-    return (
-        decode("train"),
-        arrays["train_labels"].astype(np.int32),
-        decode("test"),
-        arrays["test_labels"].astype(np.int32),
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Image folders
-# --------------------------------------------------------------------------------------------------
-
-
-def read_folder(path: str | None, image_size: int, seed: int) -> tuple[tuple[np.ndarray, ...], list[str]]:
-    """Images in class sub-folders. ``DIR/train`` and ``DIR/test`` are used when both exist; otherwise
-    a seeded 10% of ``DIR`` is held out as the test set."""
-    import keras
-
-    if not path:
-        raise DataError("data.name=folder needs data.path=DIR (a folder with one sub-folder per class)")
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.path={root}: no such folder")
-
-    def load(directory: Path, class_names: list[str] | None = None):
-        try:
-            ds = keras.utils.image_dataset_from_directory(
-                directory,
-                labels="inferred",
-                label_mode="int",
-                class_names=class_names,
-                image_size=(image_size, image_size),
-                batch_size=None,
-                shuffle=False,
-                verbose=False,
-            )
-        except ValueError as e:
-            raise DataError(f"data.path={directory}: {e}") from None
-        names = list(ds.class_names)
-        xs, ys = [], []
-        for x, y in ds.as_numpy_iterator():
-            xs.append(x)
-            ys.append(y)
-        if not xs:
-            raise DataError(f"data.path={directory}: no images found in its class sub-folders")
-        x = np.stack(xs)
-        if not np.all(np.isfinite(x)):
-            raise DataError(f"data.path={directory}: some images decode to non-finite values")
-        return np.clip(np.rint(x), 0, 255).astype(np.uint8), np.asarray(ys, np.int32), names
-
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        x_train, y_train, names = load(root / "train")
-        x_test, y_test, _ = load(root / "test", names)
-    else:
-        x, y, names = load(root)
-        order = np.random.default_rng(seed).permutation(len(x))
-        n_test = max(1, len(x) // 10)
-        test, train = order[:n_test], order[n_test:]
-        x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
-    return (x_train, y_train, x_test, y_test), names
-
-
-# --------------------------------------------------------------------------------------------------
-# Validation and splits
-# --------------------------------------------------------------------------------------------------
-
-
-def validate(x: np.ndarray, y: np.ndarray, num_classes: int, what: str) -> None:
-    """Refuse images of the wrong shape or type, labels outside 0..C-1, and non-finite pixels."""
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise DataError(f"{what}: expected images of shape (N, height, width, 3), got {x.shape}")
-    if len(x) != len(y):
-        raise DataError(f"{what}: {len(x)} images but {len(y)} labels")
-    if len(x) == 0:
-        raise DataError(f"{what}: no images")
-    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-        raise DataError(f"{what}: some pixel values are NaN or infinite")
-    y = np.asarray(y)
-    if y.dtype.kind not in "iu":
-        raise DataError(f"{what}: labels must be integers, got {y.dtype}")
-    bad = (y < 0) | (y >= num_classes)
-    if bad.any():
-        raise DataError(
-            f"{what}: label {int(y[bad][0])} is outside 0..{num_classes - 1} ({int(bad.sum())} such labels)"
-        )
-
-
-def split(
-    arrays: tuple[np.ndarray, ...],
-    *,
-    val_size: int,
-    train_limit: int | None,
-    class_names: list[str],
-    source: str,
-    is_sample: bool = False,
-) -> ImageData:
-    """Hold the last ``min(val_size, 10% of training images)`` out for validation, then keep the first
-    ``train_limit`` of the rest for training."""
-    x_train, y_train, x_test, y_test = arrays
-    validate(x_train, y_train, len(class_names), f"{source} training images")
-    validate(x_test, y_test, len(class_names), f"{source} test images")
-    n_val = min(val_size, len(x_train) // 10)
-    n_fit = len(x_train) - n_val
-    x_val, y_val = x_train[n_fit:], y_train[n_fit:]
-    x_train, y_train = x_train[:n_fit], y_train[:n_fit]
-    if train_limit is not None:
-        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
-    return ImageData(
-        x_train,
-        y_train.astype(np.int32),
-        x_val,
-        y_val.astype(np.int32),
-        x_test,
-        y_test.astype(np.int32),
-        class_names,
-        source,
-        is_sample,
-    )
-
-
-def load_data(cfg, *, seed: int = 0, allow_download: bool = True) -> ImageData:
-    """The splits for a recipe's ``data`` config section."""
-    kwargs = dict(val_size=cfg.val_size, train_limit=cfg.train_limit)
-    if cfg.name == "folder":
-        arrays, names = read_folder(cfg.path, cfg.image_size, seed)
-        return split(arrays, class_names=names, source=f"folder:{Path(cfg.path).resolve()}", **kwargs)
-    if cfg.name == "sample":
-        return split(
-            read_sample(),
-            class_names=CIFAR10_CLASSES,
-            source="cifar10-sample (bundled)",
-            is_sample=True,
-            **kwargs,
-        )
-    if cfg.name == "cifar10":
-        arrays, source = find_cifar(cfg.path, allow_download=allow_download)
-        return split(arrays, class_names=CIFAR10_CLASSES, source=source, **kwargs)
-    # auto: full CIFAR-10 when it can be had, else the sample, said loudly
-    try:
-        arrays, source = find_cifar(cfg.path, allow_download=allow_download)
-        return split(arrays, class_names=CIFAR10_CLASSES, source=source, **kwargs)
-    except DataError as e:
-        if cfg.path:  # the user named a path: a problem with it is an error, not a reason to fall back
-            raise
-        data = split(
-            read_sample(),
-            class_names=CIFAR10_CLASSES,
-            source="cifar10-sample (bundled)",
-            is_sample=True,
-            **kwargs,
-        )
-        data.notes.append(str(e))
-        return data

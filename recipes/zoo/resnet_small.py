@@ -65,7 +65,7 @@ def _bn(name: str) -> keras.layers.Layer:
 
 def survival_probabilities(num_blocks: int, final: float) -> list[float]:
     """Linear decay rule (Huang et al. 2016): 1 before the first block down to ``final`` at the last."""
-    from layers.stochastic_depth import linear_survival_probabilities
+    from layers import linear_survival_probabilities
 
     return linear_survival_probabilities(num_blocks, final)
 

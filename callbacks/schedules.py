@@ -1,4 +1,10 @@
-"""Linear learning-rate warmup in front of any Keras schedule, and builders for the usual decays."""
+"""The learning-rate schedules: linear warmup in front of any Keras schedule, builders for the usual
+decays behind it, and :class:`Replannable`, which reads a schedule at an adjustable pace.
+
+Registered names are part of the saved-file format and do not follow the module: ``Warmup`` is
+``"callbacks>Warmup"`` and ``Replannable`` is ``"recipes>Replannable"`` (it was defined in
+``recipes/budget.py`` before), so ``.keras`` files saved earlier load after ``import callbacks``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,18 @@ from keras.optimizers.schedules import (
     PiecewiseConstantDecay,
     PolynomialDecay,
 )
+
+from callbacks.optimizer_utils import unwrap_optimizer
+
+__all__ = [
+    "DECAYS",
+    "ExponentialRange",
+    "Replannable",
+    "Warmup",
+    "decay_schedule",
+    "schedule_position",
+    "warmup_schedule",
+]
 
 DECAYS = ("cosine", "linear", "step", "exponential", "inverse_time", "constant")
 
@@ -160,3 +178,89 @@ def warmup_schedule(
         name, lr, decay_steps=total - warmup, steps_per_epoch=steps_per_epoch, **decay_kwargs
     )
     return Warmup(decay, warmup_steps=warmup, initial_lr=lr * initial_lr_fraction)
+
+
+# Registered under "recipes": files saved while this class lived in recipes/budget.py name it so.
+@keras.saving.register_keras_serializable(package="recipes")
+class Replannable(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule`` read at an adjustable pace: step ``t`` gets ``schedule(position(t))`` with
+    ``position(t) = start_position + (t - start_step) * pace`` (the identity until :meth:`set_pace`).
+
+    A budget keeper raises the pace mid-run so that the rest of the schedule, decay included, fits in
+    fewer steps. The pace lives in variables read by the compiled training step, so a change applies at
+    the next step without retracing; ``get_config`` records it, so a checkpoint resumes at that pace.
+
+    Args:
+        schedule: the Keras ``LearningRateSchedule`` to read (or its serialized dict).
+        start_step: optimizer step at which the current pace began.
+        start_position: the schedule's position at ``start_step``.
+        pace: schedule steps per optimizer step from ``start_step`` on.
+
+    Example:
+        >>> schedule = Replannable(Warmup(keras.optimizers.schedules.CosineDecay(0.1, 1000), 100))
+        >>> optimizer = keras.optimizers.SGD(schedule)
+        >>> schedule.set_pace(start_step=500, start_position=500, pace=2.0)  # finish in 250 more steps
+    """
+
+    def __init__(self, schedule, start_step: float = 0.0, start_position: float = 0.0, pace: float = 1.0):
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        if not callable(schedule):
+            raise ValueError(f"`schedule` must be a LearningRateSchedule. Received: {schedule!r}")
+        self.schedule = schedule
+        self._pace = [
+            keras.Variable(float(v), dtype="float32", trainable=False, name=n)
+            for v, n in ((start_step, "start_step"), (start_position, "start_position"), (pace, "pace"))
+        ]
+
+    def position(self, step):
+        start_step, start_position, pace = self._pace
+        return start_position + (keras.ops.cast(step, "float32") - start_step) * pace
+
+    def __call__(self, step):
+        return self.schedule(self.position(step))
+
+    def set_pace(self, start_step: int, start_position: float, pace: float) -> None:
+        for variable, value in zip(self._pace, (start_step, start_position, pace)):
+            variable.assign(float(value))
+
+    def get_config(self) -> dict:
+        start_step, start_position, pace = (float(keras.ops.convert_to_numpy(v)) for v in self._pace)
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "start_step": start_step,
+            "start_position": start_position,
+            "pace": pace,
+        }
+
+
+def schedule_position(optimizer: keras.optimizers.Optimizer) -> tuple[int, float]:
+    """The optimizer's step count, and where its schedule stands: a :class:`Replannable`'s position, else
+    the step itself."""
+    optimizer = unwrap_optimizer(optimizer)
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, Replannable):
+        return step, float(keras.ops.convert_to_numpy(schedule.position(step)))
+    return step, float(step)
+
+
+@keras.saving.register_keras_serializable(package="callbacks")
+class ExponentialRange(LearningRateSchedule):
+    """Deprecated: ``find_lr`` now sweeps with Keras's ``ExponentialDecay``; kept (and registered as
+    ``"callbacks>ExponentialRange"``) only so that files saved with it still load.
+
+    ``min_lr * (max_lr / min_lr) ** (step / (steps - 1))``, which is
+    ``ExponentialDecay(min_lr, decay_steps=steps - 1, decay_rate=max_lr / min_lr)``.
+    """
+
+    def __init__(self, min_lr: float, max_lr: float, steps: int):
+        super().__init__()
+        self.min_lr, self.max_lr, self.steps = float(min_lr), float(max_lr), int(steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        return self.min_lr * (self.max_lr / self.min_lr) ** (step / max(1, self.steps - 1))
+
+    def get_config(self) -> dict:
+        return {"min_lr": self.min_lr, "max_lr": self.max_lr, "steps": self.steps}

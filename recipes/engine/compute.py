@@ -68,3 +68,17 @@ def forward_macs(model: keras.Model) -> int:
 def train_flops_per_example(model: keras.Model) -> int:
     """About how many FLOPs one training example costs: forward and backward, ``6 x`` :func:`forward_macs`."""
     return TRAIN_FLOPS_PER_MAC * forward_macs(model)
+
+
+def compute_report(model: keras.Model, images_trained: int, images_per_second: float | None) -> dict:
+    """The arithmetic of a training: per image, in all, and the rate this session's training reached
+    (``images_per_second`` of training time; None when it trained no epoch)."""
+    macs = forward_macs(model)
+    per_image = TRAIN_FLOPS_PER_MAC * macs
+    rate = images_per_second * per_image if images_per_second else None
+    return {
+        "forward_macs_per_image": macs,
+        "train_flops_per_image": per_image,
+        "train_pflops": float(f"{images_trained * per_image / 1e15:.4g}"),
+        "train_gflops_per_second": float(f"{rate / 1e9:.4g}") if rate else None,
+    }

@@ -1,0 +1,298 @@
+"""Run any recipe the same way, in named phases: prepare, build or resume, plan, fit, evaluate, report.
+
+A run directory receives ``config.yaml``, ``run_info.json`` (seed, overrides, versions, git revision),
+``history.csv``, ``metrics.json``, ``model.keras`` (for inference), ``tensorboard/``, ``checkpoints/``
+(for resuming) and PNG curves. Started again on the same directory, an interrupted run resumes from its
+last completed epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from recipes.config import ConfigError, parse_duration, to_yaml
+from recipes.data import ImageData, load_data
+from recipes.engine.atomic import write_json, write_text
+from recipes.engine.budget import (
+    BudgetKeeper,
+    BudgetPlan,
+    FixedPlan,
+    budget_report,
+    calibrate,
+    fit_schedule_to_plan,
+)
+from recipes.engine.checkpoint import (
+    RunCheckpoint,
+    history_csv,
+    load_checkpoint,
+    load_state,
+    save_inference_model,
+)
+from recipes.engine.compute import compute_report
+from recipes.engine.evaluate import eval_passes, evaluate_test
+from recipes.engine.progress import SAMPLE_BANNER, CompactProgbar, EtaPrinter, ReplanReporter, plan_line
+from recipes.engine.run_dir import check_resume_config, library_versions, resolve_out_dir, run_info
+from recipes.engine.training import Training, build_training, data_stats, setup_determinism
+from recipes.registry import Recipe, get_recipe
+
+EXIT_DIVERGED = 3
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns: the run directory, ``metrics.json``'s content and the trained model."""
+
+    out_dir: Path
+    metrics: dict
+    diverged: bool = False
+    resumed_from: int = 0
+    messages: list[str] = field(default_factory=list)
+    model: keras.Model | None = None
+
+
+@dataclass
+class _Run:
+    """The state the phases hand on: filled in as the run goes."""
+
+    recipe: Recipe
+    cfg: object
+    overrides: list[str]
+    echo: Callable[[str], None]
+    extra_callbacks: list
+    out_dir: Path
+    data: ImageData
+    clock: float  # time.perf_counter() when the budget started: after the data is in memory
+    saved_state: dict | None
+    budget_seconds: float | None
+    model: keras.Model | None = None
+    plan: BudgetPlan | FixedPlan | None = None
+    first_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_val_accuracy: float | None = None
+    train_seconds: float = 0.0
+
+
+def run(
+    recipe_name: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    echo: Callable[[str], None] = print,
+    extra_callbacks: list | tuple = (),
+) -> RunResult:
+    """Train and evaluate a recipe; resumes when ``trainer.out_dir`` holds an interrupted run.
+
+    ``extra_callbacks`` join the run's callbacks; one with an ``overhead_seconds`` attribute (a
+    measurement a benchmark makes) has that time left out of the budget accounting, and one with a
+    ``start_clock(t)`` method is told when the budget's clock started.
+    """
+    recipe = get_recipe(recipe_name)
+    cfg = recipe.config(overrides)
+    with precision_policy(cfg.trainer.precision):
+        r = prepare(recipe, cfg, list(overrides), echo, list(extra_callbacks))
+        if r.saved_state is not None:
+            resume(r)
+        else:
+            plan(r, build(r))
+            record_start(r)
+        budget_plan = r.plan if isinstance(r.plan, BudgetPlan) else None
+        training = build_training(
+            recipe, cfg, r.data, model=r.model, plan=budget_plan, first_epoch=r.first_epoch, out_dir=r.out_dir
+        )
+        checkpoint = fit(r, training)
+        return report(r, training, checkpoint)
+
+
+@contextlib.contextmanager
+def precision_policy(name: str) -> Iterator[None]:
+    """Keras's global dtype policy set to ``name`` for the layers built inside, and restored after."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def prepare(recipe: Recipe, cfg, overrides: list[str], echo, extra_callbacks: list) -> _Run:
+    """The run directory (refusing one that holds another config), the data, the clock and the seeds."""
+    budget_seconds = parse_duration(cfg.trainer.budget)
+    out_dir = resolve_out_dir(cfg, recipe.name)
+    saved_state = load_state(out_dir)
+    if saved_state is not None:
+        check_resume_config(out_dir, recipe, cfg)
+    data = load_data(cfg.data, seed=cfg.trainer.seed)
+    clock = time.perf_counter()  # the budget covers everything from here on
+    for cb in extra_callbacks:
+        if hasattr(cb, "start_clock"):
+            cb.start_clock(clock)
+    setup_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if data.is_sample:
+        echo(SAMPLE_BANNER.format(n_train=len(data.x_train), reason=(data.notes or ["data.name=sample"])[0]))
+    return _Run(
+        recipe, cfg, overrides, echo, extra_callbacks, out_dir, data, clock, saved_state, budget_seconds
+    )
+
+
+def resume(r: _Run) -> None:
+    """The newest loadable checkpoint (model and optimizer state), its history, and the saved plan."""
+    r.model, state = load_checkpoint(r.out_dir, r.saved_state)
+    if r.budget_seconds is not None:
+        r.plan = BudgetPlan.from_dict(json.loads((r.out_dir / "plan.json").read_text()))
+    else:
+        r.plan = FixedPlan(r.cfg.trainer.epochs)
+    r.first_epoch = state["epochs_completed"]
+    r.history, r.best_val_accuracy = state["history"], state["best_val_accuracy"]
+    r.train_seconds = state["train_seconds"]
+    r.echo(
+        f"Resumed {r.out_dir} from epoch {r.first_epoch}/{r.plan.stop_epoch} "
+        f"(checkpoint {state['checkpoint']}, best val_accuracy {r.best_val_accuracy})"
+    )
+
+
+def build(r: _Run) -> Training:
+    """A fresh model of the recipe, compiled with its optimizer over the configured schedule (the one
+    that trains: a budget's plan sets the pace it is read at). The datasets only when a budget needs them
+    to time the steps."""
+    setup = build_training(r.recipe, r.cfg, r.data, monitors=False, datasets=r.budget_seconds is not None)
+    r.model = setup.model
+    return setup
+
+
+def plan(r: _Run, probe: Training) -> None:
+    """Without a budget, the configured epochs. With one, time the model's steps on ``probe``'s data and
+    plan the steps that fit; the optimizer's schedule is then read at the pace that ends it with the plan."""
+    if r.budget_seconds is None:
+        r.plan = FixedPlan(r.cfg.trainer.epochs)
+        return
+    try:
+        r.plan = calibrate(
+            r.model,
+            probe.train_ds,
+            budget_seconds=r.budget_seconds,
+            elapsed_seconds=time.perf_counter() - r.clock,
+            steps_per_epoch=probe.steps_per_epoch,
+            configured_epochs=r.cfg.trainer.epochs,
+            eval_images=r.data.x_test,
+            eval_batch_size=probe.eval_batch_size,
+            val_examples=len(r.data.x_val),
+            final_eval_passes=eval_passes(r.cfg),
+        )
+    except ValueError as e:
+        raise ConfigError(f"trainer.budget={r.cfg.trainer.budget}: {e}") from None
+    fit_schedule_to_plan(r.model.optimizer, r.plan)
+    write_json(r.out_dir / "plan.json", r.plan.as_dict())
+    r.echo(plan_line(r.plan, probe.batch_size))
+
+
+def record_start(r: _Run) -> None:
+    """``config.yaml`` and ``run_info.json``: what this run is, before it trains."""
+    write_text(r.out_dir / "config.yaml", to_yaml(r.cfg))
+    write_json(r.out_dir / "run_info.json", run_info(r.recipe, r.cfg, r.overrides, r.data))
+
+
+def run_callbacks(r: _Run, training: Training, checkpoint: RunCheckpoint) -> list:
+    """The recipe's callbacks and monitors, the budget's keeper, the caller's, then the writers and the
+    progress output (after every logger, so that they see its keys)."""
+    keeper = []
+    if isinstance(r.plan, BudgetPlan):  # before the checkpoint, which then saves the re-planned schedule
+        clock = None if r.first_epoch else r.clock
+        keeper = [BudgetKeeper(r.plan, clock), ReplanReporter(r.plan, r.out_dir / "plan.json", r.echo)]
+    tensorboard = keras.callbacks.TensorBoard(
+        log_dir=str(r.out_dir / "tensorboard"), update_freq="epoch", profile_batch=0, write_graph=False
+    )
+    return [
+        *keeper,
+        *training.callbacks,
+        *r.extra_callbacks,
+        tensorboard,
+        checkpoint,
+        EtaPrinter(r.plan, r.first_epoch, r.echo),
+        CompactProgbar(r.plan),
+    ]
+
+
+def fit(r: _Run, training: Training) -> RunCheckpoint:
+    """``model.fit`` from the first epoch not yet done; every epoch end checkpoints the run."""
+    checkpoint = RunCheckpoint(r.out_dir, r.history, r.best_val_accuracy, r.train_seconds)
+    stop = r.plan.stop_epoch
+    if r.first_epoch >= stop:
+        return checkpoint
+    data = r.data
+    r.echo(
+        f"Training {r.recipe.name} on {len(data.x_train):,} images ({data.source}), validating on "
+        f"{len(data.x_val):,}: epochs {r.first_epoch + 1}..{stop}, {training.steps_per_epoch} steps of "
+        f"{training.batch_size}; {training.model.count_params():,} parameters; run directory {r.out_dir}"
+    )
+    verbose = {"auto": 1 if sys.stdout.isatty() else 2, "bar": 1, "epoch": 2, "silent": 0}
+    training.model.fit(
+        training.train_ds,
+        validation_data=training.val_ds,
+        epochs=training.epochs,
+        initial_epoch=r.first_epoch,
+        steps_per_epoch=training.steps_per_epoch,
+        callbacks=run_callbacks(r, training, checkpoint),
+        verbose=verbose[r.cfg.trainer.verbose],
+        shuffle=False,
+    )
+    return checkpoint
+
+
+def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
+    """``history.csv``, the test evaluation (unless the NaN guard stopped the run), ``model.keras`` and
+    ``metrics.json``."""
+    model, rows, spe, batch = training.model, checkpoint.rows, training.steps_per_epoch, training.batch_size
+    write_text(r.out_dir / "history.csv", history_csv(rows))
+    seconds = checkpoint.session_seconds
+    images_per_second = checkpoint.session_epochs * spe * batch / seconds if seconds else None
+    metrics = {
+        "recipe": r.recipe.name,
+        "epochs_completed": len(rows),
+        "best_val_accuracy": checkpoint.best_val_accuracy,
+        "train_seconds": round(checkpoint.train_seconds, 2),
+        "images_per_second": round(images_per_second, 1) if images_per_second else None,
+        "compute": compute_report(model, len(rows) * spe * batch, images_per_second),
+        "train_examples": len(r.data.x_train),
+        "data_source": r.data.source,
+        "data_is_sample": r.data.is_sample,
+        "seed": r.cfg.trainer.seed,
+        "versions": library_versions(),
+    }
+    result = RunResult(out_dir=r.out_dir, metrics=metrics, resumed_from=r.first_epoch, model=model)
+    guard = training.guard
+    if guard is not None and guard.stopped:
+        info = {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+            for k, v in guard.stop_info.items()
+        }
+        metrics.update(status="diverged", nan_guard=info)
+        result.diverged = True
+        result.messages.append(guard.stop_info["advice"])
+    else:
+        metrics.update(evaluate_test(model, r.data, r.cfg, training.eval_batch_size))
+    save_inference_model(model, r.out_dir / "model.keras")
+    if not result.diverged:
+        overhead = sum(getattr(cb, "overhead_seconds", 0.0) for cb in r.extra_callbacks)
+        metrics["wall_seconds"] = round(time.perf_counter() - r.clock - overhead, 2)
+        if isinstance(r.plan, BudgetPlan):
+            metrics["budget"] = budget_report(
+                model, r.plan, metrics["wall_seconds"], resumed=r.first_epoch > 0
+            )
+    write_json(r.out_dir / "metrics.json", metrics)
+    return result
+
+
+def load_metrics(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / "metrics.json").read_text())
+
+
+__all__ = ["EXIT_DIVERGED", "RunResult", "data_stats", "load_metrics", "run"]

@@ -1,0 +1,207 @@
+"""One training set-up for every job: ``run``, the tuner's hypermodel and ``check`` all call
+:func:`build_training`, which turns a resolved config and the data into a compiled model (its optimizer
+over the configured schedule), the datasets, the steps per epoch and the callbacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from callbacks import (
+    ActivationStats,
+    DeadUnitMonitor,
+    LearningRateLogger,
+    NaNGuard,
+    Replannable,
+    UpdateRatioLogger,
+    warmup_schedule,
+)
+from recipes.data import pipeline
+from recipes.engine.optimizers import LookaheadSGD
+from recipes.registry import Recipe
+
+EVAL_BATCH_MIN = 256  # inference runs fastest at 256 or more images per batch on a CPU
+
+
+def setup_determinism(seed: int, deterministic: bool) -> None:
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_schedule(cfg, steps_per_epoch: int):
+    """The configured warmup + decay over ``trainer.epochs``; under a budget wrapped in a
+    :class:`callbacks.Replannable`, so that the plan can set (and re-set) the pace it is read at."""
+    s = cfg.schedule
+    schedule = warmup_schedule(
+        s.name,
+        cfg.optimizer.lr,
+        epochs=cfg.trainer.epochs,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=s.warmup_epochs,
+        initial_lr_fraction=s.initial_lr_fraction,
+        final_lr_fraction=s.final_lr_fraction,
+        step_epochs=s.step_epochs,
+        decay_factor=s.decay_factor,
+        inverse_time_k=s.inverse_time_k,
+    )
+    return Replannable(schedule) if cfg.trainer.budget is not None else schedule
+
+
+def build_optimizer(cfg, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The configured optimizer over :func:`build_schedule`."""
+    o = cfg.optimizer
+    common = dict(
+        learning_rate=build_schedule(cfg, steps_per_epoch),
+        weight_decay=o.weight_decay or None,
+        clipnorm=o.clipnorm,
+    )
+    if o.name == "sgd" and (o.bias_lr_scale != 1.0 or o.lookahead_every):
+        opt = LookaheadSGD(
+            momentum=o.momentum,
+            nesterov=o.nesterov,
+            lr_multipliers={"beta": o.bias_lr_scale} if o.bias_lr_scale != 1.0 else None,
+            lookahead_every=o.lookahead_every,
+            lookahead_decay=o.lookahead_decay,
+            total_steps=max(1, round(cfg.trainer.epochs * steps_per_epoch)),
+            **common,
+        )
+    elif o.name == "sgd":
+        opt = keras.optimizers.SGD(momentum=o.momentum, nesterov=o.nesterov, **common)
+    elif o.name == "adam":
+        opt = keras.optimizers.Adam(beta_1=o.momentum, **common)
+    elif o.name == "adamw":
+        opt = keras.optimizers.AdamW(beta_1=o.momentum, **{**common, "weight_decay": o.weight_decay})
+    else:
+        opt = keras.optimizers.RMSprop(momentum=o.momentum, **common)
+    # Decay shrinks kernels only: biases, batch-norm scales and shifts are not weights to regularise.
+    opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return opt
+
+
+def compile_model(model: keras.Model, cfg, steps_per_epoch: int) -> None:
+    model.compile(
+        optimizer=build_optimizer(cfg, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.loss.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile={"auto": "auto", "true": True, "false": False}[cfg.trainer.jit_compile],
+    )
+
+
+def data_stats(data) -> dict:
+    """What a recipe's model builder may fit to the data: channel statistics, classes, input shape, and
+    a slice of the training images (for layers fitted at build time, such as patch whitening)."""
+    mean, var = data.channel_stats()
+    return {
+        "mean": mean.tolist(),
+        "variance": var.tolist(),
+        "num_classes": data.num_classes,
+        "input_shape": tuple(int(d) for d in data.x_train.shape[1:]),
+        "images": data.x_train[:5000],
+    }
+
+
+def make_monitors(cfg, probe: np.ndarray, out_dir: Path | None) -> tuple[list, NaNGuard | None]:
+    """The monitors ``callbacks.*`` switches on, in logging order, and the NaN guard among them (or None)."""
+    c = cfg.callbacks
+    cbs: list = []
+    if c.learning_rate:
+        cbs.append(LearningRateLogger())
+    if c.dead_units:
+        cbs.append(DeadUnitMonitor(probe))
+    if c.update_ratio:
+        cbs.append(UpdateRatioLogger())
+    if c.activation_stats:
+        cbs.append(ActivationStats(probe, plot_dir=Path(out_dir) / "activations" if out_dir else None))
+    guard = NaNGuard(explosion_factor=c.explosion_factor) if c.nan_guard else None
+    if guard is not None:
+        cbs.append(guard)
+    return cbs, guard
+
+
+@dataclass
+class Training:
+    """Everything a ``model.fit`` of a recipe needs; ``callbacks`` holds the recipe's own callbacks, then
+    the monitors, then the NaN guard (also in ``guard``)."""
+
+    model: keras.Model
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int  # the upper bound fit runs to (a budget's keeper may stop it earlier)
+    train_ds: object
+    val_ds: object | None
+    eval_batch_size: int
+    callbacks: list = field(default_factory=list)
+    guard: NaNGuard | None = None
+
+
+def build_training(
+    recipe: Recipe,
+    cfg,
+    data,
+    *,
+    model: keras.Model | None = None,
+    stats: dict | None = None,
+    plan=None,
+    first_epoch: int = 0,
+    monitors: bool = True,
+    out_dir: Path | None = None,
+    recompile: bool = False,
+    datasets: bool = True,
+) -> Training:
+    """The set-up to train ``recipe`` with ``cfg`` on ``data`` (an :class:`recipes.data.ImageData`).
+
+    ``stats``: :func:`data_stats` of ``data``, when the caller has them already.
+    ``model``: a model to train instead of a fresh one (a checkpoint's, or the tuner's); it is compiled
+    here unless it already is (or always, with ``recompile``: a schedule that must span this training).
+    ``plan`` (a :class:`recipes.engine.budget.BudgetPlan`) sets the steps per epoch, fit's epoch bound
+    and the recipe callbacks' epoch scale. ``monitors=False`` keeps only the
+    recipe's callbacks and the NaN guard (a tuner trial). ``datasets=False`` leaves ``train_ds`` and
+    ``val_ds`` None (a model that is not trained yet).
+    """
+    batch = min(cfg.trainer.batch_size, len(data.x_train))
+    configured_spe = pipeline.steps_per_epoch(len(data.x_train), batch)
+    if model is None:
+        model = recipe.build_model(cfg, stats if stats is not None else data_stats(data))
+    if recompile or not model.compiled:
+        compile_model(model, cfg, configured_spe)
+    spe = plan.steps_per_epoch if plan else configured_spe
+    epochs = plan.max_epochs if plan else cfg.trainer.epochs
+    eval_batch = max(batch, EVAL_BATCH_MIN)
+    train_ds = val_ds = None
+    if datasets:
+        train_ds, val_ds = _datasets(cfg, data, batch, eval_batch, first_epoch, spe if plan else None, epochs)
+    scale = plan.epoch_length_scale if plan else 1.0
+    cbs = recipe.train_callbacks(cfg, scale) if recipe.train_callbacks is not None else []
+    if monitors:
+        watch, guard = make_monitors(cfg, data.x_train[:256].astype(np.float32), out_dir)
+    else:
+        watch = []
+        guard = NaNGuard(explosion_factor=cfg.callbacks.explosion_factor) if cfg.callbacks.nan_guard else None
+        if guard is not None:
+            watch.append(guard)
+    return Training(model, batch, spe, epochs, train_ds, val_ds, eval_batch, [*cbs, *watch], guard)
+
+
+def _datasets(cfg, data, batch: int, eval_batch: int, first_epoch: int, steps: int | None, epochs: int):
+    train = pipeline.recipe_train_dataset(
+        cfg,
+        data.x_train,
+        data.y_train,
+        num_classes=data.num_classes,
+        batch_size=batch,
+        first_epoch=first_epoch,
+        steps_per_epoch=steps,
+        epochs=epochs,
+    )
+    val = None
+    if len(data.x_val):
+        val = pipeline.eval_dataset(
+            data.x_val, data.y_val, num_classes=data.num_classes, batch_size=eval_batch
+        )
+    return train, val
