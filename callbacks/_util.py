@@ -11,7 +11,6 @@ import keras
 import numpy as np
 
 
-
 def probe_model(model: keras.Model, layers: list, who: str) -> keras.Model:
     """A model from ``model``'s inputs to the outputs of ``layers`` (Sequential and functional only)."""
     try:
