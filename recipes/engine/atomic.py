@@ -2,7 +2,11 @@
 
 Every writer puts its bytes in a temporary file in the target's directory, flushes and fsyncs it, then
 ``os.replace``s it over the target (atomic on POSIX when both are on one file system) and fsyncs the
-directory so the rename itself survives a power cut.
+directory so the rename itself survives a power cut. The new file gets the mode a plain write would give
+it (``0o666`` less the umask), or the mode of the file it replaces, not ``mkstemp``'s private ``0o600``.
+
+A kill between the write and the rename leaves a hidden temporary (``.NAME.XXXXXXXX.EXT``);
+:func:`sweep_temporaries` removes those when a run starts again.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,11 +48,42 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(target))
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _mode_for(target: Path) -> int:
+    """The replaced file's permission bits, or those a plain ``open(target, "w")`` would create."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)$")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of :func:`atomic_path`'s temporaries (``.NAME.XXXXXXXX`` + NAME's suffix)."""
+    match = _TEMPORARY.match(name)
+    return bool(match) and match["name"].endswith(match["suffix"])
+
+
+def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``folder`` (not below it); returns what went."""
+    removed = []
+    for path in Path(folder).glob(".*"):
+        if path.is_file() and is_temporary(path.name):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:

@@ -20,12 +20,11 @@ import keras
 
 from recipes.engine.atomic import atomic_path, write_json, write_text
 from recipes.engine.plots import plot_history
+from recipes.engine.run_dir import RunError
+
+__all__ = ["RunCheckpoint", "RunError", "load_checkpoint", "load_state", "save_inference_model", "save_model"]
 
 KEEP_CHECKPOINTS = 2
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or resume. The message is one line, fit to show a user."""
 
 
 def history_csv(rows: list[dict]) -> str:
@@ -113,7 +112,10 @@ class RunCheckpoint(keras.callbacks.Callback):
                 "train_seconds": self.train_seconds,
             },
         )
-        for old in sorted(ckpt_dir.glob("epoch-*.keras"))[:-KEEP_CHECKPOINTS]:
+        ours = sorted(
+            (e, c) for c in ckpt_dir.glob("epoch-*.keras") if (e := checkpoint_epoch(c)) is not None
+        )
+        for _, old in ours[:-KEEP_CHECKPOINTS]:
             old.unlink(missing_ok=True)
         write_text(self.out_dir / "history.csv", history_csv(self.rows))
         if self.plots:
@@ -125,26 +127,69 @@ def _diverged(row: dict) -> bool:
 
 
 def load_state(out_dir: Path) -> dict | None:
-    """The saved state of an interrupted run, or None for a fresh directory."""
+    """The saved state of an interrupted run, or None for a fresh directory; a state that is not one
+    :class:`RunCheckpoint` wrote (damaged, or edited by hand) is refused with one line."""
     path = out_dir / "state.json"
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(
-            f"{path} is damaged ({e}); delete the run directory or choose another "
-            "trainer.out_dir to start afresh"
-        ) from None
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path} is damaged ({e}); {_START_AFRESH}") from None
+    problem = _state_problem(state)
+    if problem:
+        raise RunError(f"{path} is not a run state this version wrote ({problem}); {_START_AFRESH}")
+    return state
+
+
+_START_AFRESH = "delete the run directory or choose another trainer.out_dir to start afresh"
+_STATE_FIELDS = {
+    "epochs_completed": int,
+    "checkpoint": str,
+    "history": list,
+    "train_seconds": (int, float),
+    "best_val_accuracy": (int, float, type(None)),
+}
+
+
+def _state_problem(state) -> str | None:
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, not an object"
+    for key, kind in _STATE_FIELDS.items():
+        if key not in state:
+            return f"no '{key}'"
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"'{key}' is {value!r}"
+    if state["epochs_completed"] < 0 or len(state["history"]) < state["epochs_completed"]:
+        return f"{state['epochs_completed']} epochs completed but {len(state['history'])} history rows"
+    if not all(isinstance(row, dict) for row in state["history"]):
+        return "history rows that are not objects"
+    return None
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch in a checkpoint's name (``epoch-007.keras`` -> 7), or None for any other name."""
+    prefix, _, number = path.stem.partition("-")
+    return int(number) if prefix == "epoch" and number.isdigit() else None
+
+
+def numbered_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of the checkpoints in ``ckpt_dir``, oldest first; other files are ignored."""
+    found = ((checkpoint_epoch(path), path) for path in ckpt_dir.glob("epoch-*.keras"))
+    return sorted((epoch, path) for epoch, path in found if epoch is not None)
 
 
 def load_checkpoint(out_dir: Path, state: dict) -> tuple[keras.Model, dict]:
-    """The newest checkpoint that loads; the state is trimmed to its epoch when falling back."""
+    """The newest checkpoint that loads; the state is trimmed to its epoch when falling back, and names
+    the checkpoint it was loaded from."""
     ckpt_dir = out_dir / "checkpoints"
-    candidates = sorted(ckpt_dir.glob("epoch-*.keras"), reverse=True)
-    candidates = [c for c in candidates if int(c.stem.split("-")[1]) <= state["epochs_completed"]]
+    numbered = [(checkpoint_epoch(c), c) for c in ckpt_dir.glob("epoch-*.keras")]
+    candidates = sorted(
+        ((e, c) for e, c in numbered if e is not None and e <= state["epochs_completed"]), reverse=True
+    )
     failures = []
-    for path in candidates:
+    for epoch, path in candidates:
         try:
             model = keras.saving.load_model(path, compile=True)
         except Exception as e:  # a truncated zip raises several kinds of errors, some misleading
@@ -154,13 +199,11 @@ def load_checkpoint(out_dir: Path, state: dict) -> tuple[keras.Model, dict]:
                 stacklevel=2,
             )
             continue
-        epoch = int(path.stem.split("-")[1])
         if epoch < state["epochs_completed"]:
             state = dict(state, epochs_completed=epoch, history=state["history"][:epoch])
             vals = [r["val_accuracy"] for r in state["history"] if "val_accuracy" in r]
             state["best_val_accuracy"] = max(vals) if vals else None
-        return model, state
+        return model, dict(state, checkpoint=path.name)
     raise RunError(
-        f"no usable checkpoint in {ckpt_dir} ({'; '.join(failures) or 'none found'}); "
-        "delete the run directory or choose another trainer.out_dir to start afresh"
+        f"no usable checkpoint in {ckpt_dir} ({'; '.join(failures) or 'none found'}); {_START_AFRESH}"
     )

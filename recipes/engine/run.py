@@ -40,7 +40,15 @@ from recipes.engine.checkpoint import (
 from recipes.engine.compute import compute_report
 from recipes.engine.evaluate import eval_passes, evaluate_test
 from recipes.engine.progress import SAMPLE_BANNER, CompactProgbar, EtaPrinter, ReplanReporter, plan_line
-from recipes.engine.run_dir import check_resume_config, library_versions, resolve_out_dir, run_info
+from recipes.engine.run_dir import (
+    RunError,
+    check_resume,
+    library_versions,
+    open_run_dir,
+    resolve_out_dir,
+    run_info,
+    write_failure,
+)
 from recipes.engine.training import Training, build_training, data_stats, setup_determinism
 from recipes.registry import Recipe, get_recipe
 
@@ -96,8 +104,9 @@ def run(
     """
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
-    with precision_policy(cfg.trainer.precision):
-        r = prepare(recipe, cfg, list(overrides), echo, list(extra_callbacks))
+    out_dir = resolve_out_dir(cfg, recipe.name)
+    with precision_policy(cfg.trainer.precision), open_run_dir(out_dir):
+        r = prepare(recipe, cfg, out_dir, list(overrides), echo, list(extra_callbacks))
         if r.saved_state is not None:
             resume(r)
         else:
@@ -107,8 +116,11 @@ def run(
         training = build_training(
             recipe, cfg, r.data, model=r.model, plan=budget_plan, first_epoch=r.first_epoch, out_dir=r.out_dir
         )
-        checkpoint = fit(r, training)
-        return report(r, training, checkpoint)
+        try:
+            checkpoint = fit(r, training)
+            return report(r, training, checkpoint)
+        except OSError as e:  # a full disk, a folder made read-only mid-run: the old files are whole
+            raise RunError(write_failure(e, out_dir)) from None
 
 
 @contextlib.contextmanager
@@ -122,20 +134,18 @@ def precision_policy(name: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def prepare(recipe: Recipe, cfg, overrides: list[str], echo, extra_callbacks: list) -> _Run:
-    """The run directory (refusing one that holds another config), the data, the clock and the seeds."""
+def prepare(recipe: Recipe, cfg, out_dir: Path, overrides: list[str], echo, extra_callbacks: list) -> _Run:
+    """The saved state (refusing a run of another recipe or config), the data, the clock and the seeds."""
     budget_seconds = parse_duration(cfg.trainer.budget)
-    out_dir = resolve_out_dir(cfg, recipe.name)
     saved_state = load_state(out_dir)
     if saved_state is not None:
-        check_resume_config(out_dir, recipe, cfg)
+        check_resume(out_dir, recipe, cfg)
     data = load_data(cfg.data, seed=cfg.trainer.seed)
     clock = time.perf_counter()  # the budget covers everything from here on
     for cb in extra_callbacks:
         if hasattr(cb, "start_clock"):
             cb.start_clock(clock)
     setup_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if data.is_sample:
         echo(SAMPLE_BANNER.format(n_train=len(data.x_train), reason=(data.notes or ["data.name=sample"])[0]))
     return _Run(
