@@ -99,10 +99,11 @@ def write_failure(error: OSError, out_dir: Path) -> str:
     )
 
 
-def check_ours(out_dir: Path) -> None:
-    """Refuse a non-empty folder that is not one of our run directories: its files are the user's."""
+def check_ours(out_dir: Path, markers: tuple[str, ...] = RUN_MARKERS) -> None:
+    """Refuse a non-empty folder that holds none of ``markers`` (the first files a command of ours
+    writes there): its files are the user's."""
     entries = [p.name for p in out_dir.iterdir() if p.name != LOCK_NAME and not is_temporary(p.name)]
-    if entries and not any(name in entries for name in RUN_MARKERS):
+    if entries and not any(name in entries for name in markers):
         shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
         raise RunError(
             f"trainer.out_dir={out_dir} already holds files that are not a run's ({shown}); "
@@ -111,10 +112,11 @@ def check_ours(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def open_run_dir(out_dir: Path) -> Iterator[Path]:
-    """Claim ``out_dir`` for this command while the block runs (see the module's docstring)."""
+def open_run_dir(out_dir: Path, markers: tuple[str, ...] = RUN_MARKERS) -> Iterator[Path]:
+    """Claim ``out_dir`` for this command while the block runs (see the module's docstring); ``markers``
+    name the files that make a non-empty folder one of ours (a run's, by default)."""
     check_writable(out_dir)
-    check_ours(out_dir)
+    check_ours(out_dir, markers)
     with open(out_dir / LOCK_NAME, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,0 +1,94 @@
+"""Ensembles: the average of the members' softmax, checked by hand; refusals name the member."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from recipes import run
+from recipes.engine.ensemble import Member, check_members, ensemble_predict, run_ensemble
+from recipes.engine.run_dir import RunError
+
+TINY = [
+    "data.name=sample",
+    "data.train_limit=256",
+    "data.val_size=100",
+    "model.width=16",
+    "trainer.verbose=silent",
+]
+
+
+def _linear(kernel: np.ndarray) -> keras.Model:
+    inputs = keras.Input((kernel.shape[0],))
+    dense = keras.layers.Dense(kernel.shape[1], use_bias=False)
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([kernel])
+    return model
+
+
+def test_the_ensemble_is_the_mean_of_the_members_softmax():
+    x = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], np.float32)
+    a, b = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), np.array([[0.0, 0.0, 3.0], [1.0, -1.0, 0.0]])
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    expected = (softmax(x @ a) + softmax(x @ b)) / 2
+    got = ensemble_predict([_linear(a), _linear(b)], x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-6)
+
+
+def _member(name: str, classes: int = 10, side: int = 32, source: str = "cifar10:/d", data=None) -> Member:
+    inputs = keras.Input((side, side, 3))
+    outputs = keras.layers.Dense(classes)(keras.layers.GlobalAveragePooling2D()(inputs))
+    return Member(Path(name), "mlp", data or {"name": "auto"}, source, keras.Model(inputs, outputs))
+
+
+@pytest.mark.parametrize(
+    "odd, words",
+    [
+        (_member("runs/b", classes=5), "5 classes against 10"),
+        (_member("runs/b", side=64), "shape (64, 64, 3)"),
+        (_member("runs/b", source="cifar10-sample (bundled)"), "data cifar10-sample"),
+        (_member("runs/b", data={"name": "auto", "image_size": 64}), "data.* settings"),
+    ],
+)
+def test_members_of_other_data_classes_or_sizes_are_refused_by_name(odd, words):
+    with pytest.raises(RunError) as err:
+        check_members([_member("runs/a"), _member("runs/ok"), odd])
+    message = str(err.value)
+    assert "runs/b differs from runs/a" in message and words in message and "\n" not in message
+
+
+def test_two_seeds_of_a_run_make_an_ensemble(tmp_path, sample_arrays):
+    dirs = []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        run("mlp", [*TINY, "trainer.epochs=1", f"trainer.seed={seed}", f"trainer.out_dir={out}"])
+        dirs.append(out)
+    result = run_ensemble(dirs, [f"trainer.out_dir={tmp_path / 'ens'}"])
+    report = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert report == result.report
+    for member, out in zip(report["members"], dirs):
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert member["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    # the ensemble's accuracy, recomputed from the saved models
+    x, y = sample_arrays[2].astype(np.float32), sample_arrays[3]
+    models = [keras.saving.load_model(d / "model.keras") for d in dirs]
+    probs = np.mean(
+        [keras.ops.convert_to_numpy(keras.ops.softmax(m.predict(x, verbose=0))) for m in models], 0
+    )
+    assert report["ensemble_test_accuracy"] == pytest.approx(np.mean(probs.argmax(-1) == y))
+    assert report["ensemble_test_loss"] == pytest.approx(
+        -np.mean(np.log(probs[np.arange(len(y)), y])), rel=1e-4
+    )
+    # a folder that is no finished run, and a single member, are refused in one line
+    for bad in ([dirs[0], tmp_path], [dirs[0]]):
+        with pytest.raises(RunError):
+            run_ensemble(bad, [f"trainer.out_dir={tmp_path / 'ens2'}"])
