@@ -110,8 +110,8 @@ def run(
         if r.saved_state is not None:
             resume(r)
         else:
+            record_start(r)  # first: the folder is marked as this run's before anything else is written
             plan(r, build(r))
-            record_start(r)
         budget_plan = r.plan if isinstance(r.plan, BudgetPlan) else None
         training = build_training(
             recipe, cfg, r.data, model=r.model, plan=budget_plan, first_epoch=r.first_epoch, out_dir=r.out_dir
