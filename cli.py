@@ -69,12 +69,14 @@ def usage() -> str:
 
 
 def split_recipe(args: list[str]) -> tuple[str, list[str]]:
-    """``recipe=NAME`` (or a bare first word) and the remaining overrides."""
-    from recipes.config import ConfigError
+    """``recipe=NAME`` (or a bare first word) and the remaining overrides; a second recipe is refused."""
+    from recipes.config import ConfigError, given_twice
 
     recipe, rest = None, []
     for arg in args:
-        if arg.startswith("recipe="):
+        if arg.startswith(("recipe=", "+recipe=")):
+            if recipe is not None:
+                raise given_twice("recipe", recipe, arg.split("=", 1)[1])
             recipe = arg.split("=", 1)[1]
         elif recipe is None and "=" not in arg and not rest:
             recipe = arg
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_import_tensorflow()  # before anything of ours: recipes imports Keras, and Keras TensorFlow
     from recipes.config import ConfigError, nearest
     from recipes.data import DataError
-    from recipes.engine.checkpoint import RunError
+    from recipes.engine.run_dir import RunError
 
     if verb not in COMMANDS:
         print(

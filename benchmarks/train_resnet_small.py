@@ -34,6 +34,7 @@ def main() -> None:
     import numpy as np
 
     from recipes import pipeline
+    from recipes.config import merge_overrides
     from recipes.data import load_data
     from recipes.engine.evaluate import predict_tta
     from recipes.engine.training import compile_model, data_stats, setup_determinism
@@ -41,7 +42,7 @@ def main() -> None:
 
     data_overrides = [f"data.path={args.data}", "data.name=cifar10"] if args.data else ["data.name=sample"]
     recipe = get_recipe("resnet_small")
-    cfg = recipe.config([*data_overrides, f"trainer.epochs={args.epochs}", *args.overrides])
+    cfg = recipe.config(merge_overrides([*data_overrides, f"trainer.epochs={args.epochs}"], args.overrides))
     data = load_data(cfg.data, seed=cfg.trainer.seed, allow_download=False)
     setup_determinism(cfg.trainer.seed, cfg.trainer.deterministic)
     batch = cfg.trainer.batch_size

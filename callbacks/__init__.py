@@ -6,7 +6,10 @@ saved optimizers name, so ``.keras`` files load after ``import callbacks``.
 """
 
 from callbacks.activation_stats import ActivationStats
+from callbacks.clean_accuracy import CleanTrainAccuracy, fit_diagnosis
 from callbacks.dead_unit_monitor import DeadUnitMonitor
+from callbacks.first_layer_filters import FirstLayerFilters
+from callbacks.gradient_stats import GradientStats
 from callbacks.learning_rate_logger import LearningRateLogger
 from callbacks.lr_finder import LRFinderResult, find_lr
 from callbacks.nan_guard import NaNGuard, TrainingDiverged
@@ -24,7 +27,10 @@ from callbacks.update_ratio_logger import UpdateRatioLogger
 __all__ = [
     "DECAYS",
     "ActivationStats",
+    "CleanTrainAccuracy",
     "DeadUnitMonitor",
+    "FirstLayerFilters",
+    "GradientStats",
     "LRFinderResult",
     "LearningRateLogger",
     "NaNGuard",
@@ -35,6 +41,7 @@ __all__ = [
     "current_learning_rate",
     "decay_schedule",
     "find_lr",
+    "fit_diagnosis",
     "schedule_position",
     "unwrap_optimizer",
     "warmup_schedule",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from callbacks._probe import tracked_layers
+
 RELU_FAMILY = ("relu", "relu6")  # activations that output exact zeros, so units can die
 SATURATING = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0), "hard_sigmoid": (0.0, 1.0)}
 
@@ -30,9 +32,10 @@ def activation_name(layer: keras.layers.Layer) -> str | None:
 
 
 def activation_layers(model: keras.Model, names: tuple[str, ...] | None = None) -> list:
-    """Top-level layers of ``model`` whose output passed through an activation (``names``: only those)."""
+    """Layers of ``model``, nested ones included, whose output passed through an activation (``names``:
+    only those); softmax outputs are left out (a distribution, not hidden units)."""
     found = []
-    for layer in model.layers:
+    for layer in tracked_layers(model):
         name = activation_name(layer)
         if name is not None and name != "softmax" and (names is None or name in names):
             found.append(layer)

@@ -5,23 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-import keras
 import numpy as np
-
-
-def probe_model(model: keras.Model, layers: list, who: str) -> keras.Model:
-    """A model from ``model``'s inputs to the outputs of ``layers`` (Sequential and functional only)."""
-    try:
-        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-        return keras.Model(inputs, [layer.output for layer in layers])
-    except (AttributeError, ValueError, TypeError) as e:
-        raise TypeError(
-            f"{who} reads intermediate activations, which needs a Sequential or functional model; "
-            f"{type(model).__name__} looks subclassed (no layer.output: {e}). Build the model "
-            "functionally, or pass it an already-built Sequential/functional model"
-        ) from None
 
 
 def as_batches(probe_x, batch_size: int = 256):
@@ -30,19 +18,28 @@ def as_batches(probe_x, batch_size: int = 256):
     return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Write a ``matplotlib.figure.Figure`` as PNG atomically: a temporary file in the target's folder,
-    fsynced, then ``os.replace``d over ``path`` (a kill mid-write leaves the old plot, never a torn one).
+class WarnOnce:
+    """``warnings.warn`` each kind of problem (a key) once per callback, prefixed by the callback's name."""
 
-    The figure draws on its own Agg canvas, so no pyplot backend is chosen or changed, and it needs no
-    ``close``: it is freed with its last reference.
-    """
+    def __init__(self, who: str):
+        self.who = who
+        self.seen: set[str] = set()
+
+    def __call__(self, key: str, message: str) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            warnings.warn(f"{self.who}: {message}", stacklevel=3)
+
+
+def _write_atomically(path: str | Path, write: Callable, suffix: str) -> Path:
+    """Call ``write(file)`` on a temporary file in the target's folder, fsync it, then ``os.replace`` it
+    over ``path`` (a kill mid-write leaves the old file, never a torn one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -56,3 +53,20 @@ def save_figure(fig, path: str | Path) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a ``matplotlib.figure.Figure`` as PNG atomically.
+
+    The figure draws on its own Agg canvas, so no pyplot backend is chosen or changed, and it needs no
+    ``close``: it is freed with its last reference.
+    """
+    return _write_atomically(path, lambda f: fig.savefig(f, format="png"), ".png")
+
+
+def save_image(pixels: np.ndarray, path: str | Path) -> Path:
+    """Write an (H, W, 3) uint8 array as a PNG atomically, pixel for pixel (``matplotlib.image.imsave``
+    hands PNGs to Pillow directly: no figure, no pyplot)."""
+    from matplotlib.image import imsave
+
+    return _write_atomically(path, lambda f: imsave(f, pixels, format="png"), ".png")

@@ -8,7 +8,9 @@ import keras
 import numpy as np
 
 from callbacks._activations import SATURATING, activation_layers, activation_name
-from callbacks._util import as_batches, probe_model, save_figure
+from callbacks._probe import record_outputs, tracked_layers, warn_unreached
+from callbacks._summary import EpochSummaries
+from callbacks._util import WarnOnce, as_batches, save_figure
 
 SATURATION_MARGIN = 0.01  # within 1% of the output range's ends counts as saturated
 
@@ -30,59 +32,72 @@ class ActivationStats(keras.callbacks.Callback):
     zero). Writes ``logs["act_mean/<layer>"]``, ``logs["act_std/<layer>"]`` and, for tanh and sigmoid
     layers, ``logs["saturated/<layer>"]`` (fraction of activations within 1% of the range's ends), every
     ``every_n_epochs`` epochs. With ``plot_dir`` it also saves ``activations_epoch<N>.png``, one histogram
-    per layer.
+    per layer; with ``log_dir``, TensorBoard histograms tagged ``activations/<layer>`` (step = epoch).
+
+    Every layer Keras tracks is searched, nested and subclassed ones included, and measured during one
+    eager forward pass of the probe (keys in forward order). It warns once when the model has no
+    activation to measure, and once per activation layer that the forward pass never reached (named).
 
     Args:
         probe_x: inputs, kept fixed so that epochs compare.
         every_n_epochs: measure every this many epochs (and at the end of epoch 1).
         plot_dir: folder for histogram plots, or None.
+        log_dir: folder for TensorBoard event files, or None.
 
     Example:
         >>> model.fit(x, y, callbacks=[ActivationStats(x[:256], plot_dir="runs/acts")])
     """
 
-    def __init__(self, probe_x, every_n_epochs: int = 1, plot_dir: str | Path | None = None):
+    def __init__(
+        self,
+        probe_x,
+        every_n_epochs: int = 1,
+        plot_dir: str | Path | None = None,
+        log_dir: str | Path | None = None,
+    ):
         super().__init__()
         if every_n_epochs < 1:
             raise ValueError(f"`every_n_epochs` must be >= 1. Received: every_n_epochs={every_n_epochs}")
         self.probe_batches = as_batches(probe_x)
         self.every_n_epochs = every_n_epochs
         self.plot_dir = Path(plot_dir) if plot_dir else None
+        self.summaries = EpochSummaries(log_dir) if log_dir else None
         self.latest: dict[str, float] = {}
         self.activations: dict[str, np.ndarray] = {}
         self._layers: list = []
-        self._probe = None
+        self._warn = WarnOnce("ActivationStats")
 
     def on_train_begin(self, logs=None):
         self._attach()
 
     def _attach(self) -> None:
         self._layers = activation_layers(self.model)
-        self._probe = probe_model(self.model, self._layers, "ActivationStats") if self._layers else None
+        if not self._layers:
+            self._warn(
+                "nothing",
+                f"model '{self.model.name}' has no activation layer among its "
+                f"{len(tracked_layers(self.model))} layers (nested ones included): nothing to measure, no "
+                "act_mean/act_std key is written.",
+            )
 
     def measure(self, model: keras.Model | None = None) -> dict[str, float]:
         """Statistics now; ``model`` lets it run outside ``fit`` (as ``cli.py check`` does)."""
         if model is not None:
             self.set_model(model)
             self._attach()
-        if self._probe is None:
+        if not self._layers:
             return {}
-        outputs = [[] for _ in self._layers]
-        for batch in self.probe_batches:
-            result = self._probe(batch, training=False)
-            result = result if isinstance(result, (list, tuple)) else [result]
-            for store, out in zip(outputs, result):
-                store.append(keras.ops.convert_to_numpy(out).astype(np.float32))
+        measured, reached = record_outputs(self.model, self._layers, self.probe_batches)
+        warn_unreached(self._warn, self._layers, reached)
         values: dict[str, float] = {}
         self.activations = {}
-        for layer, chunks in zip(self._layers, outputs):
-            acts = np.concatenate(chunks)
-            self.activations[layer.name] = acts
-            values[f"act_mean/{layer.name}"] = float(acts.mean())
-            values[f"act_std/{layer.name}"] = float(acts.std())
+        for layer, name, acts in measured:
+            self.activations[name] = acts
+            values[f"act_mean/{name}"] = float(acts.mean())
+            values[f"act_std/{name}"] = float(acts.std())
             saturated = saturated_fraction(acts, activation_name(layer))
             if saturated is not None:
-                values[f"saturated/{layer.name}"] = saturated
+                values[f"saturated/{name}"] = saturated
         self.latest = values
         return values
 
@@ -92,7 +107,13 @@ class ActivationStats(keras.callbacks.Callback):
             self.measure()
             if self.plot_dir:
                 self.plot(self.plot_dir / f"activations_epoch{epoch + 1}.png")
+            if self.summaries is not None and self.activations:
+                self.summaries.histograms("activations", self.activations, step=epoch)
         logs.update(self.latest)
+
+    def on_train_end(self, logs=None):
+        if self.summaries is not None:
+            self.summaries.close()
 
     def plot(self, path: str | Path) -> Path | None:
         """One histogram per layer of the last measurement (the lecture's figure), written atomically."""

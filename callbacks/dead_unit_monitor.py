@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
-
 import keras
 import numpy as np
 
 from callbacks._activations import RELU_FAMILY, activation_layers
-from callbacks._util import as_batches, probe_model
+from callbacks._probe import record_outputs, tracked_layers, warn_unreached
+from callbacks._util import WarnOnce, as_batches
 
 
 def dead_fractions(outputs: list[np.ndarray]) -> list[tuple[int, int]]:
@@ -28,8 +27,13 @@ class DeadUnitMonitor(keras.callbacks.Callback):
     A unit is a neuron of a Dense layer or a channel of a conv layer; it is dead when its output is zero
     at every position for every probe example (inference mode). Writes ``logs["dead_fraction/<layer>"]``
     for each ReLU layer (``ReLU`` layers and layers built with ``activation="relu"``) and
-    ``logs["dead_fraction"]`` over all of them, every ``every_n_epochs`` epochs. Sequential and functional
-    models only: a subclassed model has no per-layer outputs to read.
+    ``logs["dead_fraction"]`` over all of them, every ``every_n_epochs`` epochs.
+
+    Every layer Keras tracks is searched: top-level ones, those inside custom layers and nested
+    Sequential/functional models, and those of subclassed models. Their outputs are recorded during one
+    eager forward pass of the probe (see ``callbacks/_probe.py``), with keys in forward order. It warns once
+    when the model has no ReLU layer at all, and once per ReLU layer the forward pass never reached (named),
+    rather than writing nothing in silence.
 
     Args:
         probe_x: inputs (a few hundred training images is plenty); kept fixed so epochs compare.
@@ -50,27 +54,31 @@ class DeadUnitMonitor(keras.callbacks.Callback):
         self.every_n_epochs = every_n_epochs
         self.warn_above = warn_above
         self.latest: dict[str, float] = {}
-        self._probe = None
-        self._names: list[str] = []
-        self._warned: set[str] = set()
+        self._layers: list = []
+        self._warn = WarnOnce("DeadUnitMonitor")
 
     def on_train_begin(self, logs=None):
-        layers = activation_layers(self.model, RELU_FAMILY)
-        self._names = [layer.name for layer in layers]
-        self._probe = probe_model(self.model, layers, "DeadUnitMonitor") if layers else None
+        self._layers = activation_layers(self.model, RELU_FAMILY)
+        if not self._layers:
+            self._warn(
+                "nothing",
+                f"model '{self.model.name}' has no ReLU-family activation among its "
+                f"{len(tracked_layers(self.model))} layers (nested ones included): nothing to measure, no "
+                "dead_fraction key is written.",
+            )
 
     def measure(self) -> dict[str, float]:
         """Dead fraction per ReLU layer and overall, on the probe batch, now."""
-        if self._probe is None:
+        if not self._layers:
             return {}
-        outputs = [[] for _ in self._names]
-        for batch in self.probe_batches:
-            result = self._probe(batch, training=False)
-            result = result if isinstance(result, (list, tuple)) else [result]
-            for store, out in zip(outputs, result):
-                store.append(keras.ops.convert_to_numpy(out))
-        counts = dead_fractions([np.concatenate(o) for o in outputs])
-        values = {f"dead_fraction/{n}": dead / units for n, (dead, units) in zip(self._names, counts)}
+        measured, reached = record_outputs(self.model, self._layers, self.probe_batches)
+        warn_unreached(self._warn, self._layers, reached)
+        if not measured:
+            return {}
+        counts = dead_fractions([outputs for _, _, outputs in measured])
+        values = {
+            f"dead_fraction/{name}": dead / units for (_, name, _), (dead, units) in zip(measured, counts)
+        }
         values["dead_fraction"] = sum(d for d, _ in counts) / sum(u for _, u in counts)
         return values
 
@@ -81,13 +89,12 @@ class DeadUnitMonitor(keras.callbacks.Callback):
             return
         self.latest = self.measure()
         logs.update(self.latest)
-        for name in self._names:
-            fraction = self.latest.get(f"dead_fraction/{name}", 0.0)
-            if fraction > self.warn_above and name not in self._warned:
-                self._warned.add(name)
-                warnings.warn(
-                    f"DeadUnitMonitor: {fraction:.0%} of the units of layer '{name}' are dead (zero for "
-                    f"every probe example) after epoch {epoch + 1}. Lower the learning rate, check the "
-                    "weight initialisation (He init for ReLU), or try Leaky ReLU.",
-                    stacklevel=2,
+        for key, fraction in self.latest.items():
+            if key.startswith("dead_fraction/") and fraction > self.warn_above:
+                name = key.split("/", 1)[1]
+                self._warn(
+                    f"dead/{name}",
+                    f"{fraction:.0%} of the units of layer '{name}' are dead (zero for every probe example) "
+                    f"after epoch {epoch + 1}. Lower the learning rate, check the weight initialisation (He "
+                    "init for ReLU), or try Leaky ReLU.",
                 )

@@ -18,9 +18,12 @@ class NaNGuard(keras.callbacks.Callback):
     Keras passes batch hooks the running mean of the loss since the epoch began, which dilutes a spike;
     the guard recovers each batch's own loss from consecutive means (``k*m_k - (k-1)*m_{k-1}``). It stops
     when that loss is not finite, or exceeds ``explosion_factor`` times the first batch loss of the run
-    (divergence caught before the NaN). It then restores the newest weight snapshot that is finite
-    (snapshots are taken every ``snapshot_every_n_steps`` steps, so at most that many steps are lost),
-    records where and why it stopped in :attr:`stop_info`, and warns with advice.
+    (divergence caught before the NaN), or when the weights themselves are no longer finite while the loss
+    still is (a huge learning rate overflows them in one step, and a batch loss is measured before its
+    step): the weights are checked after the run's first step, at every snapshot and at each epoch end.
+    It then restores the newest weight snapshot that is finite (snapshots are taken every
+    ``snapshot_every_n_steps`` steps, so at most that many steps are lost), records where and why it
+    stopped in :attr:`stop_info`, and warns with advice.
 
     Unlike Keras's ``TerminateOnNaN`` it also keeps ``BackupAndRestore`` from deleting the last good
     backup when it stops the run (keras#21771), so the run can be resumed after fixing the cause.
@@ -32,8 +35,8 @@ class NaNGuard(keras.callbacks.Callback):
 
     Attributes:
         stopped: whether the guard stopped the run.
-        stop_info: ``{"epoch", "step", "loss", "reason", "advice"}`` when it did (``step`` is 0-based in
-            the epoch, ``epoch`` 0-based, as Keras counts).
+        stop_info: ``{"epoch", "step", "loss", "reason", "advice"}`` when it did (``reason``: nan, inf,
+            exploded or overflow; ``step`` is 0-based in the epoch, ``epoch`` 0-based, as Keras counts).
 
     Example:
         >>> guard = NaNGuard()
@@ -83,6 +86,7 @@ class NaNGuard(keras.callbacks.Callback):
         # One hook call may cover several steps (steps_per_execution): recover their mean loss.
         loss = (count * mean - seen * prev_mean) / max(1, count - seen) if math.isfinite(mean) else mean
         self._prev = (count, mean)
+        first_step = self._steps == 0
         self._steps += count - seen
         if self.initial_loss is None and math.isfinite(loss):
             self.initial_loss = max(loss, 1e-8)
@@ -93,15 +97,25 @@ class NaNGuard(keras.callbacks.Callback):
             reason = "exploded"
         if reason:
             self._stop(reason, batch, loss)
-        elif self._steps % self.snapshot_every_n_steps < count - seen:  # crossed a multiple of N
-            self._snapshots = [self._snapshots[-1], self.model.get_weights()]
+        elif (
+            first_step or self._steps % self.snapshot_every_n_steps < count - seen
+        ):  # crossed a multiple of N
+            weights = self.model.get_weights()
+            if _all_finite(weights):
+                self._snapshots = [self._snapshots[-1], weights]
+            else:
+                self._stop("overflow", batch, loss)
+
+    def on_epoch_end(self, epoch, logs=None):
+        # the epoch's last steps since the newest snapshot: a run must not end on overflowed weights
+        if not self.stopped and not _all_finite(self.model.get_weights()):
+            logs = logs or {}
+            self._stop("overflow", max(self._prev[0] - 1, 0), float(logs.get("loss", math.nan)))
 
     def _stop(self, reason: str, batch: int, loss: float) -> None:
         restored = False
         for weights in reversed(self._snapshots):
-            if all(
-                np.all(np.isfinite(w)) for w in weights if np.issubdtype(np.asarray(w).dtype, np.floating)
-            ):
+            if _all_finite(weights):
                 self.model.set_weights(weights)
                 restored = True
                 break
@@ -110,6 +124,8 @@ class NaNGuard(keras.callbacks.Callback):
             what = (
                 f"loss exploding ({loss:.3g} > {self.explosion_factor:g} x initial {self.initial_loss:.3g})"
             )
+        elif reason == "overflow":
+            what = "weights overflowed to inf/NaN"
         else:
             what = "loss is NaN" if reason == "nan" else "loss is infinite"
         advice = (
@@ -141,6 +157,10 @@ class NaNGuard(keras.callbacks.Callback):
                 and getattr(obj, "_model", None) is self.model
             ):
                 obj.delete_checkpoint = False
+
+
+def _all_finite(weights: list) -> bool:
+    return all(np.all(np.isfinite(w)) for w in weights if np.issubdtype(np.asarray(w).dtype, np.floating))
 
 
 class TrainingDiverged(RuntimeError):

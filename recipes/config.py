@@ -3,7 +3,8 @@
 A recipe's config is a tree of dataclasses. Overrides such as ``optimizer.lr=0.05`` are parsed by the
 declared type of the field (never evaluated), checked against the field's ``choices`` / ``min`` / ``max``
 metadata, and any mistake raises :class:`ConfigError` with one line that names the key, the value, what is
-expected and the nearest valid spelling.
+expected and the nearest valid spelling. A key given twice on one command line is refused (which value was
+meant?); code that layers overrides merges them first (:func:`merge_overrides`).
 
 Why not Hydra/OmegaConf: ``@hydra.main`` cannot take a ``run`` verb before the overrides, and OmegaConf's
 structured configs would give us typing but not range checks or "did you mean" hints for values. The parser
@@ -40,7 +41,8 @@ def spec(
 ) -> Any:
     """A dataclass field with its documentation and validation rules.
 
-    ``check(value)`` may add a rule of its own: it raises ``ValueError`` with what is expected.
+    An int or float key declares both ``min`` and ``max`` (see the ranges below). ``check(value)`` may add
+    a rule of its own: it raises ``ValueError`` with what is expected.
     """
     meta = {
         "help": help,
@@ -53,6 +55,24 @@ def spec(
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ranges: every int and float key declares a min and a max (tests/test_config_ranges.py checks it), so
+# a value that NumPy or TensorFlow would refuse, or that float32 cannot hold, fails here with one line
+# instead of deep inside a run (a rate in range that still diverges is the NaN guard's). The maxima are
+# generous: far beyond any sensible setting, well inside what the libraries accept. Model sections
+# (recipes/zoo) bound their widths and depths the same way.
+# --------------------------------------------------------------------------------------------------
+
+MAX_SEED = 2**32 - 1  # numpy.random.seed (inside keras.utils.set_random_seed) takes 0..2**32-1
+MAX_EPOCHS = 100_000  # also bounds step and warmup counts given in epochs
+MAX_IMAGES = 2**31 - 1  # image counts: TensorFlow indexes and shapes with int32
+MAX_BATCH = 2**20
+MAX_STEPS = 10**9  # counts of optimizer steps
+MAX_LR = 1e6  # lr times any multiplier (bias_lr_scale <= 1e4) stays far below float32's 3.4e38
+MAX_PIXELS = 1_024  # image sides, paddings, shifts and cutouts
+CIFAR_SIDE = 32  # the side of CIFAR-10 images (data.name auto, cifar10, sample)
 
 
 def nearest(word: str, options: typing.Iterable[str]) -> str:
@@ -74,23 +94,29 @@ class DataConfig:
         choices=("auto", "cifar10", "folder", "sample"),
     )
     path: str | None = spec(None, "CIFAR-10 archive / cifar-10-batches-py folder, or an image folder")
-    train_limit: int | None = spec(None, "train on the first N training images (smoke runs)", min=1)
-    val_size: int = spec(5000, "validation images held out of training (capped at 10% of them)", min=0)
-    image_size: int = spec(32, "images are resized to this square size (folder data)", min=8)
+    train_limit: int | None = spec(
+        None, "train on the first N training images (smoke runs)", min=1, max=MAX_IMAGES
+    )
+    val_size: int = spec(
+        5000, "validation images held out of training (capped at 10% of them)", min=0, max=MAX_IMAGES
+    )
+    image_size: int = spec(32, "images are resized to this square size (folder data)", min=8, max=MAX_PIXELS)
     augment: bool = spec(True, "random crop + horizontal flip for training")
-    crop_padding: int = spec(4, "pixels of padding for the random crop", min=0)
+    crop_padding: int = spec(4, "pixels of padding for the random crop", min=0, max=MAX_PIXELS)
     flip: bool = spec(True, "random horizontal flip")
     alternate_flip: bool = spec(
         False, "flip each image on alternate epochs (at random in the first) instead of at random"
     )
     pad_mode: str = spec("zeros", "padding for the random crop", choices=("zeros", "reflect"))
-    cutout: int = spec(0, "side of a random square cut out of each training image (0 = off)", min=0)
+    cutout: int = spec(
+        0, "side of a random square cut out of each training image (0 = off)", min=0, max=MAX_PIXELS
+    )
 
 
 @dataclass
 class OptimizerConfig:
     name: str = spec("sgd", "optimizer", choices=("sgd", "adam", "adamw", "rmsprop"))
-    lr: float = spec(0.1, "peak learning rate (after warmup)", min=0.0, min_exclusive=True)
+    lr: float = spec(0.1, "peak learning rate (after warmup)", min=0.0, max=MAX_LR, min_exclusive=True)
     momentum: float = spec(0.9, "momentum (sgd, rmsprop); beta_1 for adam/adamw", min=0.0, max=0.9999)
     nesterov: bool = spec(True, "Nesterov momentum (sgd)")
     # Keras decays weights outside the momentum buffer (w -= lr * wd * w each step), so 5e-3 here matches
@@ -99,12 +125,21 @@ class OptimizerConfig:
         5e-3,
         "decoupled weight decay (per step: w -= lr * wd * w); not applied to biases or batch norm",
         min=0.0,
+        max=10.0,
     )
-    clipnorm: float | None = spec(None, "clip each gradient to this norm", min=0.0, min_exclusive=True)
+    clipnorm: float | None = spec(
+        None, "clip each gradient to this norm", min=0.0, max=1e9, min_exclusive=True
+    )
     bias_lr_scale: float = spec(
-        1.0, "sgd: learning-rate multiplier of the batch-norm shifts (beta)", min=0.0, min_exclusive=True
+        1.0,
+        "sgd: learning-rate multiplier of the batch-norm shifts (beta)",
+        min=0.0,
+        max=1e4,
+        min_exclusive=True,
     )
-    lookahead_every: int = spec(0, "sgd: pull the weights back to a slow copy every N steps (0 = off)", min=0)
+    lookahead_every: int = spec(
+        0, "sgd: pull the weights back to a slow copy every N steps (0 = off)", min=0, max=MAX_STEPS
+    )
     lookahead_decay: float = spec(
         0.7738,
         "sgd lookahead: weight (0.95^5) of the slow copy at the end (ramps up as (step/total)^3)",
@@ -120,12 +155,12 @@ class ScheduleConfig:
         "decay after warmup",
         choices=("cosine", "linear", "step", "exponential", "inverse_time", "constant"),
     )
-    warmup_epochs: float = spec(2.0, "linear warmup to optimizer.lr, in epochs", min=0.0)
+    warmup_epochs: float = spec(2.0, "linear warmup to optimizer.lr, in epochs", min=0.0, max=MAX_EPOCHS)
     initial_lr_fraction: float = spec(0.0, "warmup starts at this fraction of optimizer.lr", min=0.0, max=1.0)
     final_lr_fraction: float = spec(
         0.0, "cosine, linear: final rate as a fraction of the peak", min=0.0, max=1.0
     )
-    step_epochs: int = spec(10, "step: epochs between drops", min=1)
+    step_epochs: int = spec(10, "step: epochs between drops", min=1, max=MAX_EPOCHS)
     decay_factor: float = spec(
         0.1,
         "step/exponential: multiply the rate by this per step_epochs",
@@ -133,7 +168,7 @@ class ScheduleConfig:
         max=1.0,
         min_exclusive=True,
     )
-    inverse_time_k: float = spec(0.5, "inverse_time: lr / (1 + k * epoch)", min=0.0)
+    inverse_time_k: float = spec(0.5, "inverse_time: lr / (1 + k * epoch)", min=0.0, max=1e6)
 
 
 @dataclass
@@ -152,19 +187,21 @@ class CallbacksConfig:
         10.0,
         "NaN guard: stop when the batch loss exceeds this x the initial loss",
         min=1.0,
+        max=1e12,
         min_exclusive=True,
     )
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = spec(30, "training epochs", min=1)
-    batch_size: int = spec(128, "images per step", min=1)
-    seed: int = spec(0, "seed for weights, shuffling and augmentation", min=0)
+    epochs: int = spec(30, "training epochs", min=1, max=MAX_EPOCHS)
+    batch_size: int = spec(128, "images per step", min=1, max=MAX_BATCH)
+    seed: int = spec(0, "seed for weights, shuffling and augmentation", min=0, max=MAX_SEED)
     out_dir: str | None = spec(None, "run directory (default runs/<recipe>-<timestamp>)")
     budget: str | None = spec(
         None,
-        "wall-clock budget (600, 90s, 10min, 1.5h): plan the steps that fit, fit the schedule to them",
+        "run only: wall-clock budget (600, 90s, 10min, 1.5h); plans the steps that fit and fits the "
+        "schedule to them (tune and check refuse it)",
         check=lambda v: parse_duration(v),
     )
     tta: bool = spec(
@@ -172,7 +209,10 @@ class TrainerConfig:
         "test-time augmentation: average the predictions of an image and its mirror image at evaluation",
     )
     tta_translate: int = spec(
-        0, "with tta: also average views shifted by this many pixels (and their mirror images)", min=0
+        0,
+        "with tta: also average views shifted by this many pixels (and their mirror images)",
+        min=0,
+        max=MAX_PIXELS,
     )
     precision: str = spec(
         "float32",
@@ -214,6 +254,14 @@ class BaseConfig:
                         f"optimizer.{key}={value} needs optimizer.name=sgd (got {o.name}); "
                         f"set optimizer.name=sgd or optimizer.{key}={off}"
                     )
+        d = self.data
+        side = d.image_size if d.name == "folder" else CIFAR_SIDE
+        if d.augment and d.pad_mode == "reflect" and d.crop_padding >= side:
+            # TensorFlow's reflection padding needs padding < image side (it fails inside the first epoch)
+            raise ConfigError(
+                f"data.crop_padding={d.crop_padding} with data.pad_mode=reflect: expected a value below the "
+                f"image side ({side}); lower data.crop_padding or set data.pad_mode=zeros"
+            )
 
 
 _DURATION_UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
@@ -331,12 +379,36 @@ def check_value(key: str, value: Any, f: dataclasses.Field) -> None:
             raise ConfigError(f"{key}={value}: expected a value <= {hi}")
 
 
+def override_key(item: str) -> str:
+    """The key of a ``key=value`` override, without Hydra's ``+`` prefix."""
+    return item.split("=", 1)[0].strip().lstrip("+")
+
+
+def given_twice(key: str, first: str, second: str) -> ConfigError:
+    """The error for a key given twice on one command line: a repeat is a mistake (which value was meant?),
+    never a way to override."""
+    return ConfigError(f"{key} is given twice ({key}={first} and {key}={second}): keep one")
+
+
+def merge_overrides(*layers: typing.Sequence[str]) -> list[str]:
+    """One list of overrides from layers applied in turn: a key of a later layer replaces the same key of an
+    earlier one (the tuner's sampled values over a search's fixed overrides, for example)."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for item in layer:
+            merged.pop(override_key(item), None)
+            merged[override_key(item)] = item
+    return list(merged.values())
+
+
 def apply_overrides(cfg: Any, overrides: typing.Sequence[str]) -> Any:
-    """Return a copy of ``cfg`` with each ``key=value`` applied (left to right)."""
+    """Return a copy of ``cfg`` with each ``key=value`` applied; a key given twice is refused (layer
+    overrides with :func:`merge_overrides`)."""
     import copy
 
     cfg = copy.deepcopy(cfg)
     fields = flat_fields(cfg)
+    given: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"'{item}': overrides are written key=value (for example optimizer.lr=0.05)")
@@ -347,6 +419,9 @@ def apply_overrides(cfg: Any, overrides: typing.Sequence[str]) -> Any:
                 f"unknown config key '{key}'{nearest(key, fields)}; "
                 "'python cli.py show recipe=NAME' lists the keys"
             )
+        if key in given:
+            raise given_twice(key, given[key], raw)
+        given[key] = raw
         obj, f, tp = fields[key]
         setattr(obj, f.name, parse_value(key, raw, tp, f))
     return cfg

@@ -1,8 +1,8 @@
 """A process that kills itself with SIGKILL at a chosen point, for the kill-and-resume tests.
 
-    python tests/kill_points.py step EPOCH:BATCH RECIPE key=value ...   # recipes.run, killed mid-epoch
-    python tests/kill_points.py trial N cli.py-ARGS ...                 # cli.main, killed as trial N starts
-    python tests/kill_points.py write NAME:N cli.py-ARGS ...            # cli.main, killed in NAME's N-th write
+    python tests/kill_points.py step EPOCH:BATCH RECIPE key=value ...  # recipes.run, killed mid-epoch
+    python tests/kill_points.py trial N cli.py-ARGS ...      # cli.main, killed as trial N starts
+    python tests/kill_points.py write NAME:N cli.py-ARGS ... # cli.main, killed in NAME's N-th write
 
 The kill lands at the same point every time (no polling of files, no timer to race): after the end of
 batch BATCH of epoch EPOCH (both counted from 0), or when keras-tuner begins the N-th trial (from 1) of

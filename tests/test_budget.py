@@ -253,10 +253,10 @@ def test_a_run_that_slows_down_is_replanned_and_stops_at_the_new_plan(tmp_path):
 
 def test_a_run_planned_too_short_is_stretched_and_ends_in_time(tmp_path, monkeypatch):
     # Calibration that catches a slow moment plans too few epochs; simulate it by cutting the calibrated
-    # plan to a third, at least 3 epochs (growing waits for two timed ones). 20 s of short epochs fit 10 on the slowest
-    # 2-core machine, idle or with one core busy elsewhere, so the keeper grows the plan, and the run still
-    # ends in time with its schedule completed. (Planning on a quarter of the time left instead gave 5-6
-    # epochs idle but 2 under CI's load, too few to grow, and the test failed there.)
+    # plan to a third, at least 3 epochs (growing waits for two timed ones). 20 s of short epochs fit 10 on
+    # the slowest 2-core machine, idle or with one core busy elsewhere, so the keeper grows the plan, and the
+    # run still ends in time with its schedule completed. (Planning on a quarter of the time left instead
+    # gave 5-6 epochs idle but 2 under CI's load, too few to grow, and the test failed there.)
     import recipes.engine.run
 
     budget = 20.0

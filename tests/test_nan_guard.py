@@ -89,3 +89,61 @@ def test_raise_error_mode():
         _linear_model(0.01).fit(
             x, y, batch_size=10, verbose=0, shuffle=False, callbacks=[NaNGuard(raise_error=True)]
         )
+
+
+def _overflow_data():
+    # targets of 1e3: the first step's gradient is ~1e4 per weight, so lr * 1e4 > 3.4e38 overflows float32
+    x, y = _data(10)
+    return x, y * 1e3
+
+
+@pytest.mark.parametrize("lr", [1e35, 1e37, 3e38])
+def test_weights_overflowing_in_the_only_step_stop_the_run(lr):
+    x, y = _overflow_data()
+    model = _linear_model(lr)
+    before = model.get_weights()
+    guard = NaNGuard()
+    with pytest.warns(UserWarning, match="weights overflowed"):
+        # one step per epoch: its loss is measured before the step, finite; only the weights show it
+        model.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    assert guard.stopped and guard.stop_info["reason"] == "overflow"
+    assert guard.stop_info["epoch"] == 0 and guard.stop_info["step"] == 0
+    assert np.isfinite(guard.stop_info["loss"])
+    assert _all_finite(model)
+    for restored, initial in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(restored, initial)  # the only finite snapshot: the initial weights
+
+
+@pytest.mark.parametrize("lr", [1e-3, 1e-2])
+def test_sane_rates_do_not_trip_the_overflow_check(lr):
+    x, y = _data()
+    guard = NaNGuard(snapshot_every_n_steps=1)
+    _linear_model(lr).fit(x, y, batch_size=10, epochs=2, shuffle=False, verbose=0, callbacks=[guard])
+    assert not guard.stopped
+
+
+class _Poison(keras.callbacks.Callback):
+    """Writes inf into the kernel at an epoch's end, as an overflow in the epoch's last step would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            kernel = self.model.layers[0].kernel
+            kernel.assign(np.full(kernel.shape, np.inf, np.float32))
+
+
+@pytest.mark.parametrize("epoch", [0, 2])
+def test_weights_overflowed_after_the_last_snapshot_are_caught_at_the_epoch_end(epoch):
+    x, y = _data()
+    model = _linear_model(0.01)
+    guard = NaNGuard(snapshot_every_n_steps=1000)  # no snapshot after the first step
+    with pytest.warns(UserWarning, match=f"weights overflowed to inf/NaN at epoch {epoch + 1}, batch 8"):
+        history = model.fit(
+            x, y, batch_size=10, epochs=5, shuffle=False, verbose=0, callbacks=[_Poison(epoch), guard]
+        )
+    assert guard.stop_info["reason"] == "overflow" and guard.stop_info["epoch"] == epoch
+    assert len(history.history["loss"]) == epoch + 1  # no epoch after it
+    assert _all_finite(model)

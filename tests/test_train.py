@@ -12,6 +12,7 @@ import yaml
 
 import callbacks  # noqa: F401  (registers Warmup, which the saved optimizer uses)
 from recipes import run
+from recipes.config import merge_overrides
 from tests.conftest import ROOT, run_cli
 
 SMOKE = ["data.name=sample", "data.train_limit=256", "data.val_size=100", "trainer.batch_size=64"]
@@ -98,8 +99,7 @@ def test_one_epoch_run_writes_every_output_and_the_model_takes_raw_images(tmp_pa
 
 def test_same_seed_gives_identical_weights(tmp_path):
     args = [
-        *SMOKE,
-        "data.train_limit=128",
+        *merge_overrides(SMOKE, ["data.train_limit=128"]),
         "trainer.epochs=1",
         "model.width=4",
         "model.depth_blocks=1",
@@ -128,7 +128,8 @@ def test_resume_refuses_a_different_config(tmp_path, capsys):
     ]
     run("resnet_small", args, echo=lambda *a: None)
     capsys.readouterr()
-    code = cli.main(["run", "recipe=resnet_small", *args, "optimizer.lr=0.3", "trainer.epochs=2"])
+    changed = [a for a in args if a != "trainer.epochs=1"]
+    code = cli.main(["run", "recipe=resnet_small", *changed, "optimizer.lr=0.3", "trainer.epochs=2"])
     err = capsys.readouterr().err
     assert code == 2  # a one-line error, not an exception (the CLI's own process is tested elsewhere)
     assert "optimizer.lr: 0.1 -> 0.3" in err and "trainer.epochs: 1 -> 2" in err
@@ -137,8 +138,7 @@ def test_resume_refuses_a_different_config(tmp_path, capsys):
 def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     out = tmp_path / "run"
     overrides = [
-        *SMOKE,
-        "data.train_limit=512",
+        *merge_overrides(SMOKE, ["data.train_limit=512"]),
         "trainer.epochs=4",
         "model.width=4",
         "model.depth_blocks=1",

@@ -12,6 +12,13 @@ from tuners.results import trials_frame
 from tuners.resume import reconcile
 
 
+def keras_tuner_seed(seed: int, offset: int = 1) -> int:
+    """``seed + offset`` folded into 1..2**32-1, the seeds keras-tuner keeps: it replaces 0 with a random
+    seed, and BayesianOptimization hands its seed to NumPy, which takes at most 2**32-1. Seeds of
+    ``trainer.seed`` (0..2**32-1) map one to one except the last, which wraps."""
+    return 1 + (seed + offset - 1) % (2**32 - 1)
+
+
 @dataclass
 class CoarseToFineResult:
     coarse: kt.Tuner
@@ -72,6 +79,7 @@ def coarse_to_fine(
     overwrite: bool = False,
     max_consecutive_failed_trials: int = 3,
     hyperparameters: kt.HyperParameters | None = None,
+    made: list | None = None,
     **search_kwargs,
 ) -> CoarseToFineResult:
     """Stage 1: random search over the full space for ``coarse_epochs``. Stage 2: random search over the
@@ -79,23 +87,26 @@ def coarse_to_fine(
 
     Both stages live under ``directory`` (``<project_name>_stage1``, ``_stage2``); run again with the same
     directory, a finished stage is reloaded and only the remaining trials run. ``hyperparameters``
-    pre-declares stage-1 ranges (user bounds); the rest of the space comes from the hypermodel.
+    pre-declares stage-1 ranges (user bounds); the rest of the space comes from the hypermodel. ``made``,
+    a list, receives each stage's tuner as it is built (to report the trials of a search that stops).
     """
 
     def tuner(stage: int, max_trials: int, **kwargs) -> kt.Tuner:
-        made = kt.RandomSearch(
+        made_now = kt.RandomSearch(
             hypermodel,
             objective=objective,
             max_trials=max_trials,
-            seed=seed + stage,
+            seed=keras_tuner_seed(seed, stage),
             directory=directory,
             project_name=f"{project_name}_stage{stage}",
             overwrite=overwrite,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
             **kwargs,
         )
-        reconcile(made.oracle)
-        return made
+        reconcile(made_now.oracle)
+        if made is not None:
+            made.append(made_now)
+        return made_now
 
     coarse = tuner(1, coarse_trials, hyperparameters=hyperparameters, tune_new_entries=True)
     coarse.search(x, y, validation_data=validation_data, epochs=coarse_epochs, **search_kwargs)

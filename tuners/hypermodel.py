@@ -10,6 +10,7 @@ import numpy as np
 
 from layers import adapt_whitening
 from recipes import get_recipe
+from recipes.config import merge_overrides
 from recipes.data import ImageData, validate
 from recipes.engine.training import build_training
 
@@ -55,12 +56,14 @@ class RecipeHyperModel(kt.HyperModel):
         self._names = [str(i) for i in range(num_classes)]
 
     def trial_overrides(self, hp: kt.HyperParameters) -> list[str]:
-        """The fixed overrides followed by this trial's sampled values, as ``key=value``."""
+        """The fixed overrides and this trial's sampled values, as ``key=value`` with each key once (a
+        sampled value replaces a fixed one of the same key)."""
         values = self.recipe.search_space(hp)
-        return [*self.overrides, *(f"{key}={value}" for key, value in values.items())]
+        return merge_overrides(self.overrides, [f"{key}={value}" for key, value in values.items()])
 
     def config(self, hp: kt.HyperParameters, extra: list[str] | tuple[str, ...] = ()):
-        return self.recipe.config([*self.trial_overrides(hp), *extra])
+        """The trial's config; ``extra`` (the trial's epochs) replaces the same keys of the others."""
+        return self.recipe.config(merge_overrides(self.trial_overrides(hp), extra))
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The trial's model, compiled; its normalisation (and patch whitening) is fitted in :meth:`fit`,

@@ -37,6 +37,15 @@ def trials_frame(tuner: kt.Tuner, stage: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def best_row(frame: pd.DataFrame, objective: kt.Objective) -> pd.Series | None:
+    """The row of :func:`trials_frame` whose score is best in the objective's own direction (lowest
+    ``val_loss``, highest ``val_accuracy``), or None when no trial has a score."""
+    scores = frame[objective.name].dropna()
+    if scores.empty:
+        return None
+    return frame.loc[scores.idxmin() if objective.direction == "min" else scores.idxmax()]
+
+
 def log_scaled(tuner: kt.Tuner) -> set[str]:
     return {hp.name for hp in tuner.oracle.get_space().space if getattr(hp, "sampling", None) == "log"}
 

@@ -5,36 +5,62 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras_tuner as kt
+import pandas as pd
 
-from recipes.config import ConfigError, nearest
+from recipes.config import (
+    MAX_EPOCHS,
+    ConfigError,
+    flat_fields,
+    given_twice,
+    nearest,
+    override_key,
+    parse_value,
+    spec,
+)
 from recipes.data import load_data
 from recipes.engine.atomic import write_text
 from recipes.engine.checkpoint import RunError
 from recipes.engine.run_dir import resolve_out_dir
 from recipes.registry import get_recipe
 from tuners.atomic_state import torn_files
-from tuners.coarse_to_fine import coarse_to_fine
+from tuners.coarse_to_fine import coarse_to_fine, keras_tuner_seed
 from tuners.grid import ResumableGridSearch
 from tuners.hypermodel import RecipeHyperModel
-from tuners.results import log_scaled, plot_scores, trials_frame
+from tuners.results import best_row, log_scaled, plot_scores, trials_frame
 from tuners.resume import reconcile
 
 TUNERS = ("random", "grid", "bayesian", "hyperband", "coarse_to_fine")
+# What a trial logs that keras-tuner can rank by: the compiled loss and accuracy, on the validation and the
+# training images. keras-tuner infers the direction from the name (a loss is minimised, an accuracy
+# maximised) and the search ranks its trials that way.
+OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
+MAX_TRIALS = 100_000
 
 
 @dataclass
 class TuneOptions:
-    tuner: str = "random"
-    max_trials: int = 10  # trials (stage 1 for coarse_to_fine)
-    objective: str = "val_accuracy"
-    fine_trials: int = 5  # coarse_to_fine: stage-2 trials
-    fine_epochs: int = 0  # coarse_to_fine: stage-2 epochs (0 = twice trainer.epochs)
-    top_k: int = 3  # coarse_to_fine: stage-1 trials the ranges narrow around
-    max_consecutive_failed_trials: int = 3
+    """The ``tuner=`` and ``tune.*`` options, typed and ranged like recipe keys."""
+
+    tuner: str = spec("random", "search algorithm", choices=TUNERS)
+    max_trials: int = spec(10, "trials (stage 1 for coarse_to_fine)", min=1, max=MAX_TRIALS)
+    objective: str = spec(
+        "val_accuracy",
+        "metric the search ranks trials by (losses lowest, accuracies highest)",
+        choices=OBJECTIVES,
+    )
+    fine_trials: int = spec(5, "coarse_to_fine: stage-2 trials", min=1, max=MAX_TRIALS)
+    fine_epochs: int = spec(
+        0, "coarse_to_fine: stage-2 epochs (0 = twice trainer.epochs)", min=0, max=MAX_EPOCHS
+    )
+    top_k: int = spec(3, "coarse_to_fine: stage-1 trials the ranges narrow around", min=1, max=MAX_TRIALS)
+    max_consecutive_failed_trials: int = spec(
+        3, "stop the search after this many failed trials in a row", min=1, max=MAX_TRIALS
+    )
 
 
 def space_overrides(recipe, items: dict[str, str]) -> kt.HyperParameters | None:
@@ -86,32 +112,33 @@ def space_overrides(recipe, items: dict[str, str]) -> kt.HyperParameters | None:
 
 
 def parse_tune_args(args: list[str]) -> tuple[TuneOptions, dict[str, str], list[str]]:
-    """Split ``tuner=``, ``tune.*`` options and ``space.*`` bounds from the recipe overrides."""
+    """Split ``tuner=``, ``tune.*`` options and ``space.*`` bounds from the recipe overrides (which
+    :func:`recipes.config.apply_overrides` checks later). Each is typed and range-checked, and a key
+    given twice is refused."""
     options, space, rest = TuneOptions(), {}, []
-    fields = {f: type(getattr(options, f)) for f in vars(options)}
+    fields = flat_fields(options)
+    valid = [f"tune.{name}" for name in fields if name != "tuner"]
+    given: dict[str, str] = {}
     for arg in args:
         key, _, value = arg.partition("=")
+        key = key.strip().lstrip("+")
+        if key == "tuner" or key.startswith(("tune.", "space.")):
+            if key in given:
+                raise given_twice(key, given[key], value)
+            given[key] = value
         if key == "tuner":
-            if value not in TUNERS:
-                raise ConfigError(
-                    f"tuner={value}: expected one of {', '.join(TUNERS)}{nearest(value, TUNERS)}"
-                )
-            options.tuner = value
+            _, f, tp = fields["tuner"]
+            options.tuner = parse_value(key, value, tp, f)
         elif key.startswith("space."):
             space[key[len("space.") :]] = value
         elif key.startswith("tune."):
             name = key[len("tune.") :]
             if name not in fields or name == "tuner":
-                valid = [f"tune.{f}" for f in fields if f != "tuner"]
                 raise ConfigError(f"unknown key '{key}'{nearest(key, valid)}; valid: {', '.join(valid)}")
-            try:
-                setattr(options, name, fields[name](value))
-            except ValueError:
-                raise ConfigError(f"{key}={value}: expected {fields[name].__name__}") from None
+            _, f, tp = fields[name]
+            setattr(options, name, parse_value(key, value, tp, f))
         else:
             rest.append(arg)
-    if options.max_trials < 1:
-        raise ConfigError(f"tune.max_trials={options.max_trials}: expected a value >= 1")
     return options, space, rest
 
 
@@ -126,15 +153,16 @@ def make_tuner(
 ) -> kt.Tuner:
     """A keras-tuner tuner in ``directory/name`` that reloads an earlier search there (overwrite=False).
 
-    ``seed`` (``trainer.seed``, 0 by default) reaches keras-tuner as ``seed + 1``: keras-tuner replaces a
-    seed of 0 with a random one, which would make the default search draw different trials every time.
+    ``seed`` (``trainer.seed``, 0 by default) reaches keras-tuner as ``seed + 1`` (see
+    :func:`tuners.coarse_to_fine.keras_tuner_seed`): keras-tuner replaces a seed of 0 with a random one,
+    which would make the default search draw different trials every time.
     """
     common = dict(
         objective=options.objective,
         directory=str(directory),
         project_name=name,
         overwrite=False,
-        seed=seed + 1,
+        seed=keras_tuner_seed(seed),
         max_consecutive_failed_trials=options.max_consecutive_failed_trials,
         hyperparameters=hyperparameters,
         tune_new_entries=True,
@@ -150,9 +178,7 @@ def make_tuner(
 
 def best_command(recipe: str, overrides: list[str], values: dict) -> str:
     tuned = [f"{k}={_fmt(v)}" for k, v in values.items() if not k.startswith("tuner/")]
-    fixed = [
-        o for o in overrides if o.split("=", 1)[0] not in values and not o.startswith("trainer.out_dir=")
-    ]
+    fixed = [o for o in overrides if override_key(o) not in values and override_key(o) != "trainer.out_dir"]
     return "python cli.py run " + " ".join(shlex.quote(a) for a in [f"recipe={recipe}", *fixed, *tuned])
 
 
@@ -161,20 +187,74 @@ def _fmt(value) -> str:
 
 
 def distributed_role() -> str | None:
-    """``"chief"``, ``"worker"`` or None, from keras-tuner's environment variables.
+    """``"chief"``, ``"worker"`` or None, from keras-tuner's environment variables; a setting keras-tuner
+    would fail on later (with a traceback, or a gRPC error naming no variable) is a one-line
+    :class:`ConfigError` here, and so is a chief that cannot listen on its port.
 
     keras-tuner's chief serves its oracle over gRPC with no authentication or TLS on
     ``KERASTUNER_ORACLE_IP``: when only the port and tuner id are set, bind to loopback.
     """
-    if "KERASTUNER_TUNER_ID" not in os.environ:
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
+    ip = os.environ.get("KERASTUNER_ORACLE_IP")
+    if tuner_id is None:
+        if ip is not None:
+            raise ConfigError(
+                f"KERASTUNER_ORACLE_IP={ip} is set but KERASTUNER_TUNER_ID is not: for a distributed search "
+                "set KERASTUNER_TUNER_ID=chief on the process that serves the oracle and tuner0, tuner1, ... "
+                "on the workers (with KERASTUNER_ORACLE_PORT on all); for a search on this machine alone "
+                "unset KERASTUNER_ORACLE_IP"
+            )
         return None
+    if not tuner_id.strip():
+        raise ConfigError(
+            "KERASTUNER_TUNER_ID is set but empty: set it to chief on the process that serves the oracle "
+            "and to tuner0, tuner1, ... on the workers, or unset it for a search on this machine alone"
+        )
     if "KERASTUNER_ORACLE_PORT" not in os.environ:
         raise ConfigError(
             "KERASTUNER_TUNER_ID is set but KERASTUNER_ORACLE_PORT is not: set both (and "
             "KERASTUNER_ORACLE_IP on a trusted network) for a distributed search"
         )
-    os.environ.setdefault("KERASTUNER_ORACLE_IP", "127.0.0.1")
-    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+    port = oracle_port(os.environ["KERASTUNER_ORACLE_PORT"])
+    ip = os.environ.setdefault("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    role = "chief" if "chief" in tuner_id else "worker"
+    if role == "chief":
+        check_chief_can_listen(ip, port)
+    return role
+
+
+def oracle_port(text: str) -> int:
+    """``KERASTUNER_ORACLE_PORT`` as a TCP port number, or a one-line :class:`ConfigError`."""
+    try:
+        port = int(text.strip())
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(
+            f"KERASTUNER_ORACLE_PORT={text!r}: expected a port number 1..65535, "
+            "the same on the chief and every worker"
+        )
+    return port
+
+
+def _cannot_listen(ip: str, port: int, reason: str) -> ConfigError:
+    return ConfigError(
+        f"the chief cannot listen on {ip}:{port} ({reason}): another process holds the port, or "
+        "KERASTUNER_ORACLE_IP is not an address of this machine; set KERASTUNER_ORACLE_PORT to a free port "
+        "(the same on every worker) and start the chief again"
+    )
+
+
+def check_chief_can_listen(ip: str, port: int) -> None:
+    """Bind ``ip:port`` once and let go, so that a taken port is reported before the data is loaded (and
+    not as keras-tuner's gRPC "Failed to bind")."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(ip, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT does not count
+            probe.bind(address)
+    except OSError as e:
+        raise _cannot_listen(ip, port, e.strerror or str(e)) from None
 
 
 def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto") -> dict:
@@ -192,19 +272,25 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
         )
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
+    if cfg.trainer.budget is not None:
+        raise ConfigError(
+            f"trainer.budget={cfg.trainer.budget} applies to 'run' only (it plans one training's steps); a "
+            "search trains each trial for trainer.epochs (and tune.fine_epochs): drop trainer.budget"
+        )
     if recipe.search_space is None:
         raise ConfigError(f"recipe '{recipe_name}' declares no search space")
     bounds = space_overrides(recipe, space)
     out_dir = resolve_out_dir(cfg, f"tune-{recipe_name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg.data, seed=cfg.trainer.seed)
-    fixed = [o for o in overrides if not o.startswith("trainer.out_dir=")]
+    fixed = [o for o in overrides if override_key(o) != "trainer.out_dir"]
     hm = RecipeHyperModel(
         recipe_name, fixed, num_classes=data.num_classes, input_shape=data.x_train.shape[1:]
     )
     search = dict(validation_data=(data.x_val, data.y_val), verbose=verbose)
     epochs = cfg.trainer.epochs
     directory = out_dir / "tuner"
+    made: list[kt.Tuner] = []  # the tuners built so far, for the trials table of a search that stops
     echo(
         f"Tuning {recipe_name} with {options.tuner} on {len(data.x_train):,} images ({data.source}); "
         f"keras-tuner directory {directory}"
@@ -225,11 +311,14 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
                 objective=options.objective,
                 seed=cfg.trainer.seed,
                 max_consecutive_failed_trials=options.max_consecutive_failed_trials,
+                hyperparameters=bounds,
+                made=made,
                 verbose=verbose,
             )
             frame, tuners = result.frame, [result.coarse, result.fine]
         else:
             tuner = make_tuner(options.tuner, hm, options, directory, cfg.trainer.seed, epochs, bounds)
+            made.append(tuner)
             reconcile(tuner.oracle)
             tuner.search(data.x_train, data.y_train, epochs=epochs, **search)
             if role == "worker":
@@ -246,26 +335,41 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
             f"cannot resume the search: keras-tuner state {names} is torn ({e}), left by a search killed "
             f"mid-write by an older version of this project; {fix}"
         ) from None
+    except RunError:
+        raise
     except RuntimeError as e:
-        if "consecutive" in str(e) or "failed" in str(e).lower():
-            raise RunError(
-                f"search stopped: {str(e).splitlines()[0]} (see the message column of "
-                f"{out_dir / 'trials.csv'})"
+        if "Failed to bind" in str(e):  # the chief's gRPC server: the port was taken after our check
+            raise _cannot_listen(
+                os.environ["KERASTUNER_ORACLE_IP"], int(os.environ["KERASTUNER_ORACLE_PORT"]), "in use"
             ) from None
+        if "consecutive" in str(e) or "failed" in str(e).lower():
+            first = str(e).splitlines()[0]
+            if made:
+                staged = options.tuner == "coarse_to_fine"
+                frames = [trials_frame(t, stage=i + 1 if staged else None) for i, t in enumerate(made)]
+                write_text(out_dir / "trials.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
+                where = f"the message column of {out_dir / 'trials.csv'}"
+            else:
+                where = f"the trials under {directory}"
+            raise RunError(f"search stopped: {first} (see {where})") from None
         raise
     write_text(out_dir / "trials.csv", frame.to_csv(index=False))
     plot_scores(
         frame, options.objective, set().union(*(log_scaled(t) for t in tuners)), out_dir / "scores.png"
     )
     done = frame[frame[options.objective].notna()]
-    if done.empty:
+    best = best_row(frame, tuners[0].oracle.objective)
+    if best is None:
         raise RunError(f"no trial finished; see {out_dir / 'trials.csv'}")
-    best = done.loc[done[options.objective].idxmax()]
     space = [hp.name for t in tuners for hp in t.oracle.get_space().space]
     values = {name: best[name] for name in dict.fromkeys(space) if name in best and best[name] == best[name]}
     command = best_command(recipe_name, overrides, values)
     score = best[options.objective]
-    echo(f"\n{len(done)} of {len(frame)} trials finished; best {options.objective} {score:.4f}")
+    lowest = tuners[0].oracle.objective.direction == "min"
+    echo(
+        f"\n{len(done)} of {len(frame)} trials finished; best {options.objective} {score:.4f} "
+        f"({'lowest' if lowest else 'highest'})"
+    )
     echo(f"trials in {out_dir / 'trials.csv'}, plot in {out_dir / 'scores.png'}")
     echo(f"reproduce the best trial with:\n  {command}")
     return {"frame": frame, "best_command": command, "out_dir": out_dir}

@@ -3,13 +3,18 @@ train / validation / test split."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 
 class DataError(ValueError):
-    """Data that cannot be used. The message is one line, fit to show a user."""
+    """Data that cannot be used. The message is one line, fit to show a user: control characters in it
+    (a newline in a hostile file or archive member name) are shown escaped."""
+
+    def __init__(self, message: str):
+        super().__init__(re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(message)))
 
 
 @dataclass
@@ -43,16 +48,24 @@ class ImageData:
 
 
 def validate(x: np.ndarray, y: np.ndarray, num_classes: int, what: str) -> None:
-    """Refuse images of the wrong shape or type, labels outside 0..C-1, and non-finite pixels."""
+    """Refuse anything the pipeline would misread: images that are not a numeric (N, height, width, 3)
+    array, labels that are not N integers in 0..C-1 (floats are refused even when whole), and non-finite
+    pixels."""
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+        got = type(x if not isinstance(x, np.ndarray) else y).__name__
+        raise DataError(f"{what}: expected NumPy arrays of images and labels, got a {got}")
     if x.ndim != 4 or x.shape[-1] != 3:
         raise DataError(f"{what}: expected images of shape (N, height, width, 3), got {x.shape}")
+    if x.dtype.kind not in "uif":  # bool, complex, text, bytes, objects, dates: not pixel values
+        raise DataError(f"{what}: images must be numbers (uint8 0..255 or float), got dtype {x.dtype}")
+    if y.ndim != 1:
+        raise DataError(f"{what}: expected labels of shape (N,), got {y.shape}")
     if len(x) != len(y):
         raise DataError(f"{what}: {len(x)} images but {len(y)} labels")
     if len(x) == 0:
         raise DataError(f"{what}: no images")
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         raise DataError(f"{what}: some pixel values are NaN or infinite")
-    y = np.asarray(y)
     if y.dtype.kind not in "iu":
         raise DataError(f"{what}: labels must be integers, got {y.dtype}")
     bad = (y < 0) | (y >= num_classes)

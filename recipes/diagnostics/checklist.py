@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from recipes.config import apply_overrides, flat_dict
+from recipes.config import ConfigError, apply_overrides, flat_dict
 from recipes.data import load_data
 from recipes.diagnostics import checks
 from recipes.engine.atomic import write_json
@@ -47,6 +47,11 @@ def run_checks(
 ) -> tuple[list[checks.CheckResult], Path]:
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
+    if cfg.trainer.budget is not None:
+        raise ConfigError(
+            f"trainer.budget={cfg.trainer.budget} applies to 'run' only (it plans one training's steps); "
+            "the checks train for fixed short probes: drop trainer.budget"
+        )
     out_dir = resolve_out_dir(cfg, f"check-{recipe.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
 

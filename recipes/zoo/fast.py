@@ -65,23 +65,28 @@ class PartialIdentity(keras.initializers.Initializer):
 
 @dataclass
 class FastModelConfig:
-    width1: int = spec(32, "channels of block 1 (airbench94: 64)", min=1)
-    width2: int = spec(96, "channels of block 2 (airbench94: 256)", min=1)
-    width3: int = spec(96, "channels of block 3 (airbench94: 256)", min=1)
+    width1: int = spec(32, "channels of block 1 (airbench94: 64)", min=1, max=4_096)
+    width2: int = spec(96, "channels of block 2 (airbench94: 256)", min=1, max=4_096)
+    width3: int = spec(96, "channels of block 3 (airbench94: 256)", min=1, max=4_096)
     whitening: bool = spec(True, "first layer: frozen 2x2 patch-whitening conv (else a trained 2x2 conv)")
-    whiten_eps: float = spec(5e-4, "whitening: added to the patch covariance's eigenvalues", min=0.0)
-    whiten_bias_epochs: float = spec(3.0, "whitening: epochs during which its bias trains", min=0.0)
+    whiten_eps: float = spec(5e-4, "whitening: added to the patch covariance's eigenvalues", min=0.0, max=1e6)
+    whiten_bias_epochs: float = spec(
+        3.0, "whitening: epochs during which its bias trains", min=0.0, max=100_000
+    )
     identity_init: bool = spec(True, "start each 3x3 conv as a partial identity (else all random)")
     init_scale: float = spec(
         1 / 3,
         "variance scale of the convs' random filters (fan-in, uniform): 1/3 is PyTorch's default, as in "
         "airbench; 2 is He",
         min=0.0,
+        max=100.0,
         min_exclusive=True,
     )
     bn_momentum: float = spec(0.6, "batch-norm moving-average momentum", min=0.0, max=0.9999)
     activation: str = spec("gelu", "nonlinearity", choices=("gelu", "relu", "swish"))
-    logit_scale: float = spec(0.111111, "the logits are multiplied by this", min=0.0, min_exclusive=True)
+    logit_scale: float = spec(
+        0.111111, "the logits are multiplied by this", min=0.0, max=1e3, min_exclusive=True
+    )
 
 
 def _data() -> DataConfig:

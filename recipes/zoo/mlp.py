@@ -21,13 +21,13 @@ INITS = ("small_random", "xavier", "he")
 
 @dataclass
 class MLPModelConfig:
-    depth: int = spec(2, "hidden layers", min=1)
-    width: int = spec(512, "units per hidden layer", min=1)
+    depth: int = spec(2, "hidden layers", min=1, max=1_000)
+    width: int = spec(512, "units per hidden layer", min=1, max=65_536)
     activation: str = spec("relu", "hidden nonlinearity", choices=ACTIVATIONS)
     init: str = spec(
         "he", "weights: small_random (N(0, 0.01^2)), xavier (Glorot normal), he (He normal)", choices=INITS
     )
-    maxout_pieces: int = spec(2, "pieces per Maxout unit (activation=maxout)", min=2)
+    maxout_pieces: int = spec(2, "pieces per Maxout unit (activation=maxout)", min=2, max=64)
     dropout: float = spec(0.0, "dropout after each hidden layer", min=0.0, max=0.95)
     batch_norm: bool = spec(False, "batch normalisation before each hidden nonlinearity")
 

@@ -19,8 +19,8 @@ from recipes.registry import register_recipe
 
 @dataclass
 class ResNetModelConfig:
-    depth_blocks: int = spec(3, "residual blocks per stage (3 -> ResNet-20, 5 -> ResNet-32)", min=1)
-    width: int = spec(16, "channels of the first stage (then 2x, 4x)", min=1)
+    depth_blocks: int = spec(3, "residual blocks per stage (3 -> ResNet-20, 5 -> ResNet-32)", min=1, max=200)
+    width: int = spec(16, "channels of the first stage (then 2x, 4x)", min=1, max=1_024)
     activation: str = spec("relu", "nonlinearity", choices=("relu", "leaky_relu", "elu", "gelu", "swish"))
     stochastic_depth: float = spec(
         1.0,
