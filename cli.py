@@ -1,6 +1,7 @@
 """Command line: ``python cli.py VERB recipe=NAME key=value ...``.
 
-Verbs: ``run`` (train and evaluate), ``list`` (recipes), ``show`` (resolved config as YAML).
+Verbs: ``run`` (train and evaluate), ``list`` (recipes), ``show`` (resolved config as YAML), ``tune``,
+``check`` and ``ensemble`` (average finished runs).
 Errors in the command, the config or the data exit with status 2 and one line on stderr.
 """
 
@@ -51,6 +52,7 @@ VERBS = {
     "show": "print the resolved config of a recipe with overrides, as YAML",
     "tune": "keras-tuner search: tuner=random|grid|bayesian|hyperband|coarse_to_fine tune.max_trials=N",
     "check": "run the babysitting checklist (initial loss, overfit, learning rate, gradients, activations)",
+    "ensemble": "average finished runs' predictions on the test set: python cli.py ensemble DIR DIR ...",
 }
 EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 1
@@ -59,7 +61,7 @@ EXIT_INTERRUPTED = 130
 
 def usage() -> str:
     lines = ["usage: python cli.py VERB recipe=NAME [key=value ...]", "", "verbs:"]
-    lines += [f"  {verb:6s} {text}" for verb, text in VERBS.items()]
+    lines += [f"  {verb:8s} {text}" for verb, text in VERBS.items()]
     lines += [
         "",
         "example: python cli.py run recipe=resnet_small optimizer.lr=0.05 trainer.epochs=30",
@@ -144,6 +146,12 @@ def cmd_run(args: list[str]) -> int:
         f"best val accuracy {m['best_val_accuracy'] or float('nan'):.4f}; "
         f"{m['epochs_completed']} epochs in {m['train_seconds']:.0f} s ({work})"
     )
+    if m.get("fit_diagnosis"):
+        d = m["fit_diagnosis"]
+        print(
+            f"fit: {d['diagnosis']} (clean training accuracy {d['train_clean_accuracy']:.4f}, validation "
+            f"{d['val_accuracy']:.4f}, gap {d['gap']:+.4f}): {d['advice']}"
+        )
     print(f"outputs in {result.out_dir}/")
     return 0
 
@@ -170,7 +178,28 @@ def cmd_tune(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "tune": cmd_tune, "check": cmd_check}
+def cmd_ensemble(args: list[str]) -> int:
+    from recipes.engine.ensemble import format_table, run_ensemble
+
+    dirs = [a for a in args if "=" not in a]
+    result = run_ensemble(dirs, [a for a in args if "=" in a])
+    report = result.report
+    print(format_table(report))
+    print(
+        f"\nensemble test loss {report['ensemble_test_loss']:.4f} on {report['test_examples']:,} images "
+        f"({report['data_source']}); results in {result.out_dir}/ensemble.json"
+    )
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "show": cmd_show,
+    "tune": cmd_tune,
+    "check": cmd_check,
+    "ensemble": cmd_ensemble,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,6 +183,15 @@ class CallbacksConfig:
     dead_units: bool = spec(True, "log the dead-ReLU fraction per layer (dead_fraction/*)")
     update_ratio: bool = spec(True, "log the update-to-weight ratio (update_ratio/*)")
     activation_stats: bool = spec(False, "log activation mean/std/saturation per layer")
+    gradient_stats: bool = spec(
+        True, "log per-layer gradient norms on a probe batch (grad_norm/*, grad_norm_ratio)"
+    )
+    clean_accuracy: bool = spec(
+        True,
+        "log the accuracy on a fixed non-augmented training slice (train_clean_accuracy) and diagnose "
+        "over- or underfitting at the end (metrics.json fit_diagnosis)",
+    )
+    first_layer_filters: bool = spec(True, "draw the first convolution's filters each epoch (filters.png)")
     explosion_factor: float = spec(
         10.0,
         "NaN guard: stop when the batch loss exceeds this x the initial loss",

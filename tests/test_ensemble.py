@@ -92,3 +92,26 @@ def test_two_seeds_of_a_run_make_an_ensemble(tmp_path, sample_arrays):
     for bad in ([dirs[0], tmp_path], [dirs[0]]):
         with pytest.raises(RunError):
             run_ensemble(bad, [f"trainer.out_dir={tmp_path / 'ens2'}"])
+
+
+def test_the_cli_verb_prints_the_table_and_refuses_a_bad_member(tmp_path, capsys):
+    import cli
+
+    dirs = []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        run("mlp", [*TINY, "trainer.epochs=1", f"trainer.seed={seed}", f"trainer.out_dir={out}"])
+        dirs.append(str(out))
+    capsys.readouterr()
+    assert cli.main(["ensemble", *dirs, f"trainer.out_dir={tmp_path / 'ens'}", "trainer.tta=true"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    lines = {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
+    assert report["tta"] is True and lines["ensemble"] == f"{report['ensemble_test_accuracy']:.4f}"
+    assert lines[dirs[1]] == f"{report['members'][1]['test_accuracy']:.4f}"
+    for bad in ([dirs[0], str(tmp_path)], [dirs[0], str(tmp_path / "missing")], [dirs[0]]):
+        assert cli.main(["ensemble", *bad, f"trainer.out_dir={tmp_path / 'e2'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert cli.main(["ensemble", *dirs, "trainer.epochs=3"]) == 2  # not a key of ensemble
+    assert "unknown config key" in capsys.readouterr().err

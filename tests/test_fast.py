@@ -37,14 +37,17 @@ def test_fast_trains_on_real_images_and_freezes_the_whitening_bias(tmp_path):
     kernel = keras.ops.convert_to_numpy(whiten.kernel)
     assert not np.allclose(kernel[..., :12].reshape(12, 12), np.eye(12))
     assert float(keras.ops.convert_to_numpy(whiten.bias_gate)) == 0.0  # frozen from epoch 2 on
-    # a fresh process loads the run's checkpoint the way a resume does (recipe looked up, then loaded)
+    # a fresh process loads the checkpoint (optimizer and all) and model.keras after `import recipes`
     load = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from recipes.registry import get_recipe; "
-        "get_recipe('fast'); import recipes, keras; "
-        "m = keras.saving.load_model(sys.argv[2]); print(type(m.optimizer).__name__)"
+        "import sys; sys.path.insert(0, sys.argv[1]); from recipes import load_model; "
+        "m = load_model(sys.argv[2]); load_model(sys.argv[3]); print(type(m.optimizer).__name__)"
     )
     ckpt = sorted((tmp_path / "checkpoints").glob("epoch-*.keras"))[-1]
-    proc = subprocess.run([sys.executable, "-c", load, str(ROOT), str(ckpt)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", load, str(ROOT), str(ckpt), str(tmp_path / "model.keras")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "LookaheadSGD", proc.stderr[-1500:]
 
 

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,17 +118,25 @@ def test_a_disk_that_fills_mid_run_stops_with_one_line_and_the_same_command_resu
     assert [r.split(",")[0] for r in rows] == ["1", "2", "3"]
 
 
-def _finished_mlp(out, epochs: int = 1) -> list[str]:
-    args = [*TINY, f"trainer.out_dir={out}", f"trainer.epochs={epochs}"]
-    run("mlp", args, echo=lambda *a: None)
-    return args
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished 2-epoch mlp run, trained once for the module; tests take copies of it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run("mlp", [*TINY, f"trainer.out_dir={out}", "trainer.epochs=2"], echo=lambda *a: None)
+    return out
 
 
-def test_resuming_checks_the_recipe_and_a_readable_config(tmp_path, capsys):
+def _finished_mlp(out, finished) -> list[str]:
+    """A copy of the finished run in ``out``, and the overrides that resume it there."""
+    shutil.copytree(finished, out)
+    return [*TINY, f"trainer.out_dir={out}", "trainer.epochs=2"]
+
+
+def test_resuming_checks_the_recipe_and_a_readable_config(tmp_path, capsys, finished):
     out = tmp_path / "run"
-    _finished_mlp(out)
+    _finished_mlp(out, finished)
     for other in ("mlp_dropconnect", "resnet_small"):
-        code = cli.main(["run", f"recipe={other}", *TINY, f"trainer.out_dir={out}", "trainer.epochs=1"])
+        code = cli.main(["run", f"recipe={other}", *TINY, f"trainer.out_dir={out}", "trainer.epochs=2"])
         err = capsys.readouterr().err
         assert code == 2 and "holds a run of recipe 'mlp'" in err and "recipe=mlp" in err, err
     config = (out / "config.yaml").read_text()
@@ -136,19 +145,19 @@ def test_resuming_checks_the_recipe_and_a_readable_config(tmp_path, capsys):
             (out / "config.yaml").unlink()
         else:
             (out / "config.yaml").write_text(damage)
-        code, err = _cli(capsys, f"trainer.out_dir={out}", "trainer.epochs=1")
+        code, err = _cli(capsys, f"trainer.out_dir={out}", "trainer.epochs=2")
         assert code == 2 and "config.yaml is" in err and "cannot be resumed" in err, (damage, err)
     (out / "config.yaml").write_text(config)
-    assert _cli(capsys, f"trainer.out_dir={out}", "trainer.epochs=1")[0] == 0
+    assert _cli(capsys, f"trainer.out_dir={out}", "trainer.epochs=2")[0] == 0
 
 
-def test_the_same_folder_resumes_however_it_is_spelled(tmp_path, capsys, monkeypatch):
+def test_the_same_folder_resumes_however_it_is_spelled(tmp_path, monkeypatch, finished):
     monkeypatch.chdir(tmp_path)
-    _finished_mlp("runs/a")
+    shutil.copytree(finished, tmp_path / "runs" / "a")
     for spelling in ("runs/a/", "./runs/a", str(tmp_path / "runs" / "a"), "runs//a", "runs/../runs/a"):
         messages = []
-        result = run("mlp", [*TINY, f"trainer.out_dir={spelling}", "trainer.epochs=1"], echo=messages.append)
-        assert result.resumed_from == 1 and any("Resumed" in m for m in messages), spelling
+        result = run("mlp", [*TINY, f"trainer.out_dir={spelling}", "trainer.epochs=2"], echo=messages.append)
+        assert result.resumed_from == 2 and any("Resumed" in m for m in messages), spelling
 
 
 @pytest.mark.parametrize(
@@ -179,17 +188,17 @@ def test_the_same_folder_resumes_however_it_is_spelled(tmp_path, capsys, monkeyp
         },
     ],
 )
-def test_a_hand_edited_state_is_one_line(tmp_path, capsys, state):
+def test_a_hand_edited_state_is_one_line(tmp_path, capsys, state, finished):
     out = tmp_path / "run"
-    _finished_mlp(out)
+    _finished_mlp(out, finished)
     write_json(out / "state.json", state)
-    code, err = _cli(capsys, f"trainer.out_dir={out}", "trainer.epochs=1")
+    code, err = _cli(capsys, f"trainer.out_dir={out}", "trainer.epochs=2")
     assert code == 2 and "state.json is not a run state" in err and err.count("\n") == 1, err
 
 
-def test_odd_checkpoint_names_are_ignored_and_the_fallback_is_named(tmp_path):
+def test_odd_checkpoint_names_are_ignored_and_the_fallback_is_named(tmp_path, finished):
     out = tmp_path / "run"
-    args = _finished_mlp(out, epochs=2)
+    args = _finished_mlp(out, finished)
     ckpts = out / "checkpoints"
     (ckpts / "epoch-abc.keras").write_bytes(b"junk")
     (ckpts / "epoch-.keras").write_bytes(b"junk")
@@ -204,9 +213,9 @@ def test_odd_checkpoint_names_are_ignored_and_the_fallback_is_named(tmp_path):
     assert "checkpoint epoch-001.keras" in resumed, resumed
 
 
-def test_temporaries_a_kill_left_are_swept_and_other_hidden_files_kept(tmp_path):
+def test_temporaries_a_kill_left_are_swept_and_other_hidden_files_kept(tmp_path, finished):
     out = tmp_path / "run"
-    args = _finished_mlp(out)
+    args = _finished_mlp(out, finished)
     litter = [out / ".state.json.ab12cd34.json", out / "checkpoints" / ".epoch-002.keras.zz9y8x7w.keras"]
     keep = [out / ".notes", out / ".gitignore.txt"]
     for path in litter + keep:

@@ -71,8 +71,23 @@ def test_one_epoch_run_writes_every_output_and_the_model_takes_raw_images(tmp_pa
         "learning_rate",
         "dead_fraction",
         "update_ratio",
+        "grad_norm_ratio",
+        "train_clean_accuracy",
     ):
         assert key in header, key
+    # the train/val diagnosis is made from the last epoch's clean training and validation accuracy
+    last = dict(zip(header, (out / "history.csv").read_text().splitlines()[-1].split(",")))
+    diagnosis = metrics["fit_diagnosis"]
+    assert diagnosis["train_clean_accuracy"] == pytest.approx(float(last["train_clean_accuracy"]))
+    gap = float(last["train_clean_accuracy"]) - float(last["val_accuracy"])
+    assert diagnosis["gap"] == pytest.approx(gap)
+    assert diagnosis["diagnosis"] in {"overfitting", "underfitting", "neither"} and "fit: " in proc.stdout
+    assert (out / "filters.png").read_bytes()[:4] == b"\x89PNG"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard" / "monitors"), size_guidance={"tensors": 0}).Reload()
+    tags = events.Tags()["tensors"]  # TF2 summaries are stored as tensors
+    assert any(t.startswith("gradients/") for t in tags) and "first_layer_filters" in tags, tags
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"]["width"] == 8 and config["trainer"]["out_dir"] == str(out)
     info = json.loads((out / "run_info.json").read_text())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import keras
 
+from callbacks import fit_diagnosis
 from recipes.config import ConfigError, parse_duration, to_yaml
 from recipes.data import ImageData, load_data
 from recipes.engine.atomic import write_json, write_text
@@ -289,6 +290,9 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         result.messages.append(guard.stop_info["advice"])
     else:
         metrics.update(evaluate_test(model, r.data, r.cfg, training.eval_batch_size))
+        diagnosis = diagnose_fit(rows, r.data.num_classes)
+        if diagnosis:
+            metrics["fit_diagnosis"] = diagnosis
     save_inference_model(model, r.out_dir / "model.keras")
     if not result.diverged:
         overhead = sum(getattr(cb, "overhead_seconds", 0.0) for cb in r.extra_callbacks)
@@ -299,6 +303,15 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
             )
     write_json(r.out_dir / "metrics.json", metrics)
     return result
+
+
+def diagnose_fit(rows: list[dict], num_classes: int) -> dict | None:
+    """:func:`callbacks.fit_diagnosis` of the last epoch that measured both the clean training accuracy
+    and the validation accuracy; None when none did (``callbacks.clean_accuracy=false``, no validation)."""
+    for row in reversed(rows):
+        if "train_clean_accuracy" in row and "val_accuracy" in row:
+            return fit_diagnosis(row["train_clean_accuracy"], row["val_accuracy"], chance=1 / num_classes)
+    return None
 
 
 def load_metrics(out_dir: Path) -> dict:

@@ -135,7 +135,13 @@ def _trainer() -> TrainerConfig:
 
 def _callbacks() -> CallbacksConfig:
     # The monitors cost little but the recipe is about time; they are one override away.
-    return CallbacksConfig(dead_units=False, update_ratio=False)
+    return CallbacksConfig(
+        dead_units=False,
+        update_ratio=False,
+        gradient_stats=False,
+        clean_accuracy=False,
+        first_layer_filters=False,
+    )
 
 
 @dataclass
