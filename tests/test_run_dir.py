@@ -304,3 +304,33 @@ def test_a_kill_at_each_write_site_resumes_or_completes_whole(tmp_path, site):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert cli.main(args) == 0
     _whole_run(out)
+
+
+@pytest.mark.parametrize("site", ["oracle.json:3", "trial.json:4"])
+def test_a_kill_at_a_write_of_the_tuners_state_resumes_the_search_whole(tmp_path, site):
+    import pandas as pd
+
+    out = tmp_path / "search"
+    args = [
+        "tune",
+        "recipe=mlp",
+        "tuner=grid",
+        "tune.max_trials=3",
+        *TINY,
+        "trainer.epochs=1",
+        f"trainer.out_dir={out}",
+    ]
+    killed = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "kill_points.py"), "write", site, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert cli.main(args) == 0
+    for path in (out / "tuner").rglob("*.json"):
+        json.loads(path.read_text())  # every state file whole
+    frame = pd.read_csv(out / "trials.csv")
+    assert len(frame) == 3 and (frame["status"] == "COMPLETED").all(), frame
+    assert not [p for p in out.rglob(".*") if p.is_file() and p.name != LOCK_NAME]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import keras_tuner as kt
 
+from recipes.engine.atomic import sweep_temporaries
+
 FINISHED = (kt.engine.trial.TrialStatus.COMPLETED, kt.engine.trial.TrialStatus.FAILED)
 
 
@@ -31,6 +33,10 @@ def reconcile(oracle) -> list[str]:
     """
     if not hasattr(oracle, "start_order") or not hasattr(oracle, "trials"):
         return []
+    project = getattr(oracle, "_project_dir", None)
+    if project and Path(project).is_dir():  # the temporaries a kill mid-write left (atomic_state.py)
+        for folder in [Path(project), *(p for p in Path(project).rglob("*") if p.is_dir())]:
+            sweep_temporaries(folder)
     fixed = _forget_unrecorded(oracle) + _end_finished(oracle)
     if fixed:
         oracle.save()
