@@ -1,8 +1,8 @@
 """Keras 3 callbacks and schedules for watching a training run (``from callbacks import ...``).
 
 A leaf library: it imports Keras, NumPy and matplotlib's object API, nothing of ``recipes``, ``tuners`` or
-``cli.py``. Importing it registers the schedules (``callbacks>Warmup``, ``recipes>Replannable``) that
-saved optimizers name, so ``.keras`` files load after ``import callbacks``.
+``cli.py``. Importing it registers the schedules (``callbacks>Warmup``, ``callbacks>PlateauSchedule``,
+``recipes>Replannable``) that saved optimizers name, so ``.keras`` files load after ``import callbacks``.
 """
 
 from callbacks.activation_stats import ActivationStats
@@ -16,9 +16,12 @@ from callbacks.nan_guard import NaNGuard, TrainingDiverged
 from callbacks.optimizer_utils import current_learning_rate, unwrap_optimizer
 from callbacks.schedules import (
     DECAYS,
+    PlateauDecay,
+    PlateauSchedule,
     Replannable,
     Warmup,
     decay_schedule,
+    find_schedule,
     schedule_position,
     warmup_schedule,
 )
@@ -34,6 +37,8 @@ __all__ = [
     "LRFinderResult",
     "LearningRateLogger",
     "NaNGuard",
+    "PlateauDecay",
+    "PlateauSchedule",
     "Replannable",
     "TrainingDiverged",
     "UpdateRatioLogger",
@@ -41,6 +46,7 @@ __all__ = [
     "current_learning_rate",
     "decay_schedule",
     "find_lr",
+    "find_schedule",
     "fit_diagnosis",
     "schedule_position",
     "unwrap_optimizer",

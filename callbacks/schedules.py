@@ -1,5 +1,6 @@
 """The learning-rate schedules: linear warmup in front of any Keras schedule, builders for the usual
-decays behind it, and :class:`Replannable`, which reads a schedule at an adjustable pace.
+decays behind it, :class:`Replannable`, which reads a schedule at an adjustable pace, and
+:class:`PlateauSchedule` with the callback that lowers it when validation stalls (:class:`PlateauDecay`).
 
 Registered names are part of the saved-file format and do not follow the module: ``Warmup`` is
 ``"callbacks>Warmup"`` and ``Replannable`` is ``"recipes>Replannable"`` (it was defined in
@@ -9,8 +10,10 @@ Registered names are part of the saved-file format and do not follow the module:
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
+import numpy as np
 from keras import ops
 from keras.optimizers.schedules import (
     CosineDecay,
@@ -21,19 +24,22 @@ from keras.optimizers.schedules import (
     PolynomialDecay,
 )
 
-from callbacks.optimizer_utils import unwrap_optimizer
+from callbacks.optimizer_utils import current_learning_rate, unwrap_optimizer
 
 __all__ = [
     "DECAYS",
     "ExponentialRange",
+    "PlateauDecay",
+    "PlateauSchedule",
     "Replannable",
     "Warmup",
     "decay_schedule",
+    "find_schedule",
     "schedule_position",
     "warmup_schedule",
 ]
 
-DECAYS = ("cosine", "linear", "step", "exponential", "inverse_time", "constant")
+DECAYS = ("cosine", "linear", "step", "exponential", "inverse_time", "constant", "plateau")
 
 
 @keras.saving.register_keras_serializable(package="callbacks")
@@ -131,7 +137,9 @@ def decay_schedule(
     ``cosine``: from ``lr`` to ``lr * final_lr_fraction`` over ``decay_steps``; ``linear``: the same
     ends on a straight line (``PolynomialDecay`` of power 1); ``step``: multiply by
     ``decay_factor`` every ``step_epochs``; ``exponential``: the same factor, applied smoothly;
-    ``inverse_time``: ``lr / (1 + k * epoch)``; ``constant``: ``lr``.
+    ``inverse_time``: ``lr / (1 + k * epoch)``; ``constant``: ``lr``; ``plateau``: ``lr`` times a factor
+    that a :class:`PlateauDecay` callback lowers (a :class:`PlateauSchedule`; ``final_lr_fraction`` and
+    ``decay_factor`` then belong to the callback).
     """
     if name == "cosine":
         return CosineDecay(lr, decay_steps=max(1, decay_steps), alpha=final_lr_fraction)
@@ -153,6 +161,8 @@ def decay_schedule(
         return InverseTimeDecay(lr, decay_steps=steps_per_epoch, decay_rate=inverse_time_k)
     if name == "constant":
         return float(lr)
+    if name == "plateau":
+        return PlateauSchedule(lr)
     raise ValueError(f"unknown decay {name!r}; expected one of {', '.join(DECAYS)}")
 
 
@@ -243,6 +253,202 @@ def schedule_position(optimizer: keras.optimizers.Optimizer) -> tuple[int, float
     if isinstance(schedule, Replannable):
         return step, float(keras.ops.convert_to_numpy(schedule.position(step)))
     return step, float(step)
+
+
+@keras.saving.register_keras_serializable(package="callbacks")
+class PlateauSchedule(LearningRateSchedule):
+    """``initial_learning_rate * factor``, where ``factor`` (1 at first) is lowered by a
+    :class:`PlateauDecay` callback whenever the monitored metric stops improving.
+
+    Keras's ``ReduceLROnPlateau`` sets the optimizer's rate, which an optimizer built on a schedule refuses
+    (``TypeError``), and it starts afresh at every ``fit``. Here the factor lives in a variable that the
+    compiled training step reads, so a change applies at the next step without retracing, and the schedule
+    composes with :class:`Warmup` (which ramps to the current ``initial_learning_rate * factor``) and
+    :class:`Replannable`. The plateau's state (``factor``, and the callback's counters ``best``, ``wait``
+    and ``cooldown_counter``) is in ``get_config``, so an optimizer saved in a checkpoint resumes with it.
+
+    Args:
+        initial_learning_rate: the rate before any decay.
+        factor: the current multiplier, in ``(0, 1]``.
+        best: the best monitored value so far (None: nothing seen yet).
+        wait: epochs since the last improvement, as ``ReduceLROnPlateau`` counts them.
+        cooldown_counter: epochs of cooldown left.
+        name: optional name.
+
+    Example:
+        >>> schedule = PlateauSchedule(0.1)
+        >>> model.compile(keras.optimizers.SGD(Warmup(schedule, warmup_steps=500)), ...)
+        >>> model.fit(x, y, validation_data=(xv, yv), callbacks=[PlateauDecay(factor=0.1, patience=5)])
+    """
+
+    def __init__(
+        self,
+        initial_learning_rate: float,
+        factor: float = 1.0,
+        best: float | None = None,
+        wait: int = 0,
+        cooldown_counter: int = 0,
+        name: str | None = None,
+    ):
+        super().__init__()
+        if not math.isfinite(initial_learning_rate) or initial_learning_rate <= 0:
+            raise ValueError(
+                "`initial_learning_rate` must be finite and > 0. "
+                f"Received: initial_learning_rate={initial_learning_rate}"
+            )
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"`factor` must be in [0, 1]. Received: factor={factor}")
+        if int(wait) != wait or wait < 0 or int(cooldown_counter) != cooldown_counter or cooldown_counter < 0:
+            raise ValueError(
+                "`wait` and `cooldown_counter` must be integers >= 0. "
+                f"Received: wait={wait}, cooldown_counter={cooldown_counter}"
+            )
+        self.initial_learning_rate = float(initial_learning_rate)
+        self._factor = keras.Variable(float(factor), dtype="float32", trainable=False, name="plateau_factor")
+        self.best = None if best is None else float(best)
+        self.wait = int(wait)
+        self.cooldown_counter = int(cooldown_counter)
+        self.name = name
+
+    @property
+    def factor(self) -> float:
+        return float(ops.convert_to_numpy(self._factor))
+
+    def set_factor(self, factor: float) -> None:
+        self._factor.assign(float(factor))
+
+    def __call__(self, step):
+        return ops.multiply(ops.cast(self._factor, "float32"), self.initial_learning_rate)
+
+    def get_config(self) -> dict:
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "factor": self.factor,
+            "best": self.best,
+            "wait": self.wait,
+            "cooldown_counter": self.cooldown_counter,
+            "name": self.name,
+        }
+
+
+def find_schedule(optimizer: keras.optimizers.Optimizer, kind: type) -> LearningRateSchedule | None:
+    """The schedule of type ``kind`` in ``optimizer``'s learning rate, looking inside wrappers that keep
+    the wrapped schedule in ``.schedule`` (:class:`Replannable`, :class:`Warmup`); None if there is none."""
+    schedule = getattr(unwrap_optimizer(optimizer), "_learning_rate", None)
+    while schedule is not None and not isinstance(schedule, kind):
+        schedule = getattr(schedule, "schedule", None)
+    return schedule
+
+
+class PlateauDecay(keras.callbacks.Callback):
+    """Multiply a :class:`PlateauSchedule`'s factor by ``factor`` when ``monitor`` has not improved for
+    ``patience`` epochs: Keras's ``ReduceLROnPlateau`` rule, for an optimizer whose rate is a schedule.
+
+    At each epoch end, as ``ReduceLROnPlateau`` does: in cooldown, count it down and reset ``wait``; a
+    value better than ``best`` by more than ``min_delta`` (the first value always) becomes ``best`` and
+    resets ``wait``; otherwise, out of cooldown, ``wait += 1``, and at ``wait >= patience``, if the factor
+    is above ``min_factor``, it becomes ``max(factor * decay, min_factor)``, ``wait`` returns to 0 and
+    ``cooldown`` epochs of cooldown start. Unlike ``ReduceLROnPlateau`` nothing is reset when training
+    (re)starts: the counters live in the schedule, whose config a checkpoint saves.
+
+    The schedule is found in the model's optimizer at ``on_train_begin`` (inside a ``LossScaleOptimizer``,
+    :class:`Replannable` or :class:`Warmup`). Put this callback after :class:`LearningRateLogger`, so that
+    ``learning_rate`` is the rate the epoch trained at; when no logger wrote it, this callback does.
+
+    Args:
+        factor: the multiplier of a decay, in ``(0, 1]``.
+        patience: epochs without improvement before a decay.
+        min_delta: the least change that counts as an improvement.
+        cooldown: epochs after a decay during which no waiting is counted.
+        min_factor: the factor is never lowered below this (``min_lr / initial_learning_rate``).
+        monitor: the epoch log to watch.
+        mode: ``"max"`` (an accuracy) or ``"min"`` (a loss).
+
+    Example:
+        >>> optimizer = keras.optimizers.SGD(Warmup(PlateauSchedule(0.1), warmup_steps=500), momentum=0.9)
+        >>> model.fit(..., callbacks=[LearningRateLogger(), PlateauDecay(factor=0.1, patience=5)])
+    """
+
+    def __init__(
+        self,
+        factor: float = 0.1,
+        patience: int = 10,
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_factor: float = 0.0,
+        monitor: str = "val_accuracy",
+        mode: str = "max",
+    ):
+        super().__init__()
+        if not 0.0 < factor <= 1.0:
+            raise ValueError(f"`factor` must be in (0, 1]. Received: factor={factor}")
+        for arg, value in (("patience", patience), ("cooldown", cooldown)):
+            if int(value) != value or value < 0:
+                raise ValueError(f"`{arg}` must be an integer >= 0. Received: {arg}={value}")
+        if not math.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"`min_delta` must be finite and >= 0. Received: min_delta={min_delta}")
+        if not 0.0 <= min_factor <= 1.0:
+            raise ValueError(f"`min_factor` must be in [0, 1]. Received: min_factor={min_factor}")
+        if mode not in ("max", "min"):
+            raise ValueError(f"`mode` must be 'max' or 'min'. Received: mode={mode!r}")
+        self.factor = float(factor)
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.cooldown = int(cooldown)
+        self.min_factor = float(min_factor)
+        self.monitor = monitor
+        self.mode = mode
+        self.schedule: PlateauSchedule | None = None
+        self._warned = False
+
+    def on_train_begin(self, logs=None):
+        self.schedule = find_schedule(self.model.optimizer, PlateauSchedule)
+        if self.schedule is None:
+            raise ValueError(
+                "PlateauDecay needs an optimizer whose learning rate is a PlateauSchedule (alone or inside "
+                "Warmup or Replannable); for a float rate use keras.callbacks.ReduceLROnPlateau"
+            )
+
+    def improved(self, current: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        if self.mode == "max":
+            return current - self.min_delta > best
+        return current + self.min_delta < best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "learning_rate" not in logs:
+            logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+        current = logs.get(self.monitor)
+        if current is None:
+            if not self._warned:
+                warnings.warn(
+                    f"PlateauDecay watches `{self.monitor}`, which is not in the logs (validation data?); "
+                    f"available: {', '.join(logs)}",
+                    stacklevel=2,
+                )
+                self._warned = True
+            return
+        self.step(float(current))
+
+    def step(self, current: float) -> None:
+        """Apply the rule to one epoch's ``current`` value (what ``on_epoch_end`` does with the log)."""
+        s = self.schedule
+        if s.cooldown_counter > 0:
+            s.cooldown_counter -= 1
+            s.wait = 0
+        if self.improved(current, s.best):
+            s.best = current
+            s.wait = 0
+        elif s.cooldown_counter <= 0:
+            s.wait += 1
+            if s.wait >= self.patience:
+                old = s.factor
+                if old > np.float32(self.min_factor):
+                    s.set_factor(max(old * self.factor, self.min_factor))
+                    s.cooldown_counter = self.cooldown
+                    s.wait = 0
 
 
 @keras.saving.register_keras_serializable(package="callbacks")

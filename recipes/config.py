@@ -115,9 +115,16 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = spec("sgd", "optimizer", choices=("sgd", "adam", "adamw", "rmsprop"))
+    name: str = spec(
+        "sgd",
+        "optimizer (Keras's defaults for what no key sets: adam/adamw beta_2 0.999, rmsprop rho 0.9, adagrad "
+        "initial accumulator 0.1, adadelta rho 0.95; adadelta is usually run at lr 1.0)",
+        choices=("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"),
+    )
     lr: float = spec(0.1, "peak learning rate (after warmup)", min=0.0, max=MAX_LR, min_exclusive=True)
-    momentum: float = spec(0.9, "momentum (sgd, rmsprop); beta_1 for adam/adamw", min=0.0, max=0.9999)
+    momentum: float = spec(
+        0.9, "momentum (sgd, rmsprop); beta_1 for adam/adamw; unused by adagrad/adadelta", min=0.0, max=0.9999
+    )
     nesterov: bool = spec(True, "Nesterov momentum (sgd)")
     # Keras decays weights outside the momentum buffer (w -= lr * wd * w each step), so 5e-3 here matches
     # the classic L2 of 5e-4 under momentum 0.9 (5e-4 / (1 - 0.9)); 5e-4 here is 10x weaker.
@@ -153,22 +160,70 @@ class ScheduleConfig:
     name: str = spec(
         "cosine",
         "decay after warmup",
-        choices=("cosine", "linear", "step", "exponential", "inverse_time", "constant"),
+        choices=("cosine", "linear", "step", "exponential", "inverse_time", "constant", "plateau"),
     )
     warmup_epochs: float = spec(2.0, "linear warmup to optimizer.lr, in epochs", min=0.0, max=MAX_EPOCHS)
     initial_lr_fraction: float = spec(0.0, "warmup starts at this fraction of optimizer.lr", min=0.0, max=1.0)
     final_lr_fraction: float = spec(
-        0.0, "cosine, linear: final rate as a fraction of the peak", min=0.0, max=1.0
+        0.0,
+        "cosine, linear: final rate as a fraction of the peak; plateau: the rate's floor",
+        min=0.0,
+        max=1.0,
     )
     step_epochs: int = spec(10, "step: epochs between drops", min=1, max=MAX_EPOCHS)
     decay_factor: float = spec(
         0.1,
-        "step/exponential: multiply the rate by this per step_epochs",
+        "step/exponential: multiply the rate by this per step_epochs; plateau: at each plateau",
         min=0.0,
         max=1.0,
         min_exclusive=True,
     )
     inverse_time_k: float = spec(0.5, "inverse_time: lr / (1 + k * epoch)", min=0.0, max=1e6)
+    # plateau follows keras.callbacks.ReduceLROnPlateau's rule on val_accuracy, behind the warmup
+    patience: int = spec(
+        5, "plateau: epochs without a val_accuracy improvement before a decay", min=1, max=MAX_EPOCHS
+    )
+    min_delta: float = spec(
+        1e-4, "plateau: the least val_accuracy gain that counts as an improvement", min=0.0, max=1.0
+    )
+    cooldown: int = spec(0, "plateau: epochs after a decay before waiting resumes", min=0, max=MAX_EPOCHS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernel penalties: fields of every recipe's model section (build_training applies them to every trainable
+# kernel of the built model, so a recipe declares them and does nothing else)
+# --------------------------------------------------------------------------------------------------
+
+MAX_PENALTY = 1e3  # penalty weights: a loss of 1e3 * sum(W^2) is already far beyond useful
+
+
+def kernel_l1() -> Any:
+    return spec(
+        0.0,
+        "L1 penalty on every trainable kernel, added to the loss: l1 * sum|W| (0 = off)",
+        min=0.0,
+        max=MAX_PENALTY,
+    )
+
+
+def kernel_l2() -> Any:
+    return spec(
+        0.0,
+        "L2 penalty on every trainable kernel, added to the loss: l2 * sum W^2 (0 = off; unlike "
+        "optimizer.weight_decay it goes through the gradient, momentum and adaptive scaling included)",
+        min=0.0,
+        max=MAX_PENALTY,
+    )
+
+
+def kernel_max_norm() -> Any:
+    return spec(
+        0.0,
+        "max-norm constraint: after each step, each unit's incoming weights are rescaled to norm <= this "
+        "(0 = off)",
+        min=0.0,
+        max=1e6,
+    )
 
 
 @dataclass
@@ -270,6 +325,11 @@ class BaseConfig:
             raise ConfigError(
                 f"data.crop_padding={d.crop_padding} with data.pad_mode=reflect: expected a value below the "
                 f"image side ({side}); lower data.crop_padding or set data.pad_mode=zeros"
+            )
+        if self.schedule.name == "plateau" and d.val_size == 0:
+            raise ConfigError(
+                "schedule.name=plateau watches val_accuracy, but data.val_size=0 holds out no validation "
+                "images; set data.val_size above 0 or choose another schedule.name"
             )
 
 

@@ -109,3 +109,138 @@ def test_model_compiled_with_it_saves_and_resumes(tmp_path):
     assert isinstance(loaded.optimizer, LookaheadSGD) and loaded.optimizer.lookahead_every == 3
     for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b))
+
+
+# ----------------------------------------------------------------------------------------------------
+# optimizer.name: each optimizer build_optimizer makes, against its update rule worked in NumPy
+# ----------------------------------------------------------------------------------------------------
+
+LR, MU, W0, STEPS = 0.1, 0.8, 1.5, 3
+EPS = 1e-7  # Keras's default epsilon of adam, rmsprop, adagrad and adadelta
+
+
+def _config(name: str, *extra: str):
+    from recipes.registry import get_recipe
+
+    return get_recipe("mlp").config(
+        [
+            f"optimizer.name={name}",
+            f"optimizer.lr={LR}",
+            f"optimizer.momentum={MU}",
+            "optimizer.weight_decay=0",
+            "schedule.name=constant",
+            "schedule.warmup_epochs=0",
+            *extra,
+        ]
+    )
+
+
+def _by_hand(name: str) -> list[float]:
+    """The weight after each of ``STEPS`` steps on the loss ``0.5 w^2`` (gradient ``g = w``), by each
+    optimizer's published rule in Keras's form and with the values build_optimizer sets: momentum (sgd,
+    rmsprop) or beta_1 (adam, adamw) from optimizer.momentum, Keras's defaults for the rest (beta_2 0.999,
+    rmsprop rho 0.9, adagrad initial accumulator 0.1, adadelta rho 0.95)."""
+    w, out = W0, []
+    m = v = a = ed = 0.0
+    acc = 0.1
+    for t in range(1, STEPS + 1):
+        g = w
+        if name == "sgd":  # Nesterov: m = mu m - lr g; w += mu m - lr g
+            m = MU * m - LR * g
+            w += MU * m - LR * g
+        elif name in ("adam", "adamw"):  # bias-corrected moments
+            m = MU * m + (1 - MU) * g
+            v = 0.999 * v + 0.001 * g * g
+            w -= LR * np.sqrt(1 - 0.999**t) / (1 - MU**t) * m / (np.sqrt(v) + EPS)
+        elif name == "rmsprop":  # mean square with rho 0.9, then heavy-ball momentum on the scaled step
+            v = 0.9 * v + 0.1 * g * g
+            m = MU * m + LR * g / np.sqrt(v + EPS)
+            w -= m
+        elif name == "adagrad":  # the sum of squared gradients from 0.1
+            acc += g * g
+            w -= LR * g / np.sqrt(acc + EPS)
+        elif name == "adadelta":  # Zeiler 2012: RMS of past updates over RMS of gradients, times lr
+            a = 0.95 * a + 0.05 * g * g
+            delta = -np.sqrt(ed + EPS) / np.sqrt(a + EPS) * g
+            ed = 0.95 * ed + 0.05 * delta * delta
+            w += LR * delta
+        out.append(w)
+    return out
+
+
+OPTIMIZERS = {
+    "sgd": keras.optimizers.SGD,
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "rmsprop": keras.optimizers.RMSprop,
+    "adagrad": keras.optimizers.Adagrad,
+    "adadelta": keras.optimizers.Adadelta,
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_each_optimizer_moves_a_weight_by_its_update_rule(name):
+    from recipes.engine.training import build_optimizer
+
+    opt = build_optimizer(_config(name), steps_per_epoch=10)
+    assert type(opt) is OPTIMIZERS[name]
+    w = keras.Variable(np.float32(W0), name="w")
+    seen = []
+    for _ in range(STEPS):
+        opt.apply([keras.ops.convert_to_tensor(w)], [w])  # the gradient of 0.5 w^2 is w
+        seen.append(float(w.numpy()))
+    expected = _by_hand(name)
+    np.testing.assert_allclose(seen, expected, rtol=2e-6)
+    assert abs(expected[0] - W0) > 1e-4  # the first step itself moves the weight measurably
+
+
+def test_the_sgd_rule_without_nesterov_is_heavy_ball():
+    from recipes.engine.training import build_optimizer
+
+    opt = build_optimizer(_config("sgd", "optimizer.nesterov=false"), steps_per_epoch=10)
+    w = keras.Variable(np.float32(W0), name="w")
+    m, expected, seen = 0.0, [], []
+    for _ in range(STEPS):
+        m = MU * m - LR * float(w.numpy())
+        expected.append(float(w.numpy()) + m)
+        opt.apply([keras.ops.convert_to_tensor(w)], [w])
+        seen.append(float(w.numpy()))
+    np.testing.assert_allclose(seen, expected, rtol=1e-6)
+
+
+def test_an_unknown_optimizer_is_refused_in_one_line():
+    from recipes.config import ConfigError
+
+    with pytest.raises(ConfigError, match="optimizer.name=adamax: expected one of .*adagrad, adadelta"):
+        _config("adamax")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoupled weight decay shrinks the kernels only
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_weight_decay_shrinks_kernels_and_leaves_biases_and_batch_norm_alone(name):
+    from recipes.engine.training import build_optimizer
+    from recipes.registry import get_recipe
+
+    lr, wd = 0.1, 0.05
+    r = get_recipe("mlp")
+    cfg = _config(name, "model.depth=1", "model.width=4", "model.batch_norm=true")
+    cfg.optimizer.lr, cfg.optimizer.weight_decay = lr, wd
+    stats = {"mean": [0.0] * 3, "variance": [1.0] * 3, "num_classes": 3, "input_shape": (2, 2, 3)}
+    model = r.build_model(cfg, stats)
+    rng = np.random.default_rng(0)
+    for v in model.trainable_variables:  # nonzero everywhere: a decayed bias or shift would show
+        v.assign(rng.uniform(0.5, 2.0, v.shape).astype(np.float32))
+    before = {v.path: np.array(v) for v in model.trainable_variables}
+    opt = build_optimizer(cfg, steps_per_epoch=10)
+    opt.apply([keras.ops.zeros(v.shape) for v in model.trainable_variables], model.trainable_variables)
+    kinds = {"kernel": 0, "bias": 0, "gamma": 0, "beta": 0}
+    for v in model.trainable_variables:
+        kind = v.path.rsplit("/", 1)[-1]
+        kinds[kind] += 1
+        expected = before[v.path] * (1 - lr * wd) if kind == "kernel" else before[v.path]
+        np.testing.assert_allclose(np.array(v), expected, rtol=1e-6, err_msg=v.path)
+    assert kinds == {"kernel": 2, "bias": 2, "gamma": 1, "beta": 1}  # dense1, bn1, logits

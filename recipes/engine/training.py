@@ -1,6 +1,7 @@
 """One training set-up for every job: ``run``, the tuner's hypermodel and ``check`` all call
 :func:`build_training`, which turns a resolved config and the data into a compiled model (its optimizer
-over the configured schedule), the datasets, the steps per epoch and the callbacks."""
+over the configured schedule, the ``model.l1`` / ``model.l2`` / ``model.max_norm`` kernel penalties), the
+datasets, the steps per epoch and the callbacks."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from callbacks import (
     GradientStats,
     LearningRateLogger,
     NaNGuard,
+    PlateauDecay,
     Replannable,
     UpdateRatioLogger,
     warmup_schedule,
 )
+from recipes.config import ConfigError
 from recipes.data import pipeline
 from recipes.engine.optimizers import LookaheadSGD
 from recipes.registry import Recipe
@@ -39,7 +42,11 @@ def setup_determinism(seed: int, deterministic: bool) -> None:
 
 def build_schedule(cfg, steps_per_epoch: int):
     """The configured warmup + decay over ``trainer.epochs``; under a budget wrapped in a
-    :class:`callbacks.Replannable`, so that the plan can set (and re-set) the pace it is read at."""
+    :class:`callbacks.Replannable`, so that the plan can set (and re-set) the pace it is read at.
+
+    ``schedule.name=plateau`` gives ``Warmup(PlateauSchedule(lr))``: the rate after warmup is ``lr``
+    times a factor that :func:`plateau_callback` lowers. Under a budget the warmup stretches with the
+    plan like any other schedule; the plateau counts the epochs that actually run (each validated)."""
     s = cfg.schedule
     schedule = warmup_schedule(
         s.name,
@@ -56,8 +63,27 @@ def build_schedule(cfg, steps_per_epoch: int):
     return Replannable(schedule) if cfg.trainer.budget is not None else schedule
 
 
+def plateau_callback(cfg) -> PlateauDecay | None:
+    """The :class:`callbacks.PlateauDecay` that drives ``schedule.name=plateau`` (None for other
+    schedules): Keras's ``ReduceLROnPlateau`` rule on ``val_accuracy``, the rate never below
+    ``final_lr_fraction`` of ``optimizer.lr``."""
+    s = cfg.schedule
+    if s.name != "plateau":
+        return None
+    return PlateauDecay(
+        factor=s.decay_factor,
+        patience=s.patience,
+        min_delta=s.min_delta,
+        cooldown=s.cooldown,
+        min_factor=s.final_lr_fraction,
+        monitor="val_accuracy",
+        mode="max",
+    )
+
+
 def build_optimizer(cfg, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The configured optimizer over :func:`build_schedule`."""
+    """The configured optimizer over :func:`build_schedule`. Keys that do not apply to an optimizer are
+    ignored (``momentum`` by adagrad and adadelta); what no key sets keeps Keras's default."""
     o = cfg.optimizer
     common = dict(
         learning_rate=build_schedule(cfg, steps_per_epoch),
@@ -80,11 +106,45 @@ def build_optimizer(cfg, steps_per_epoch: int) -> keras.optimizers.Optimizer:
         opt = keras.optimizers.Adam(beta_1=o.momentum, **common)
     elif o.name == "adamw":
         opt = keras.optimizers.AdamW(beta_1=o.momentum, **{**common, "weight_decay": o.weight_decay})
-    else:
+    elif o.name == "rmsprop":
         opt = keras.optimizers.RMSprop(momentum=o.momentum, **common)
+    elif o.name == "adagrad":
+        opt = keras.optimizers.Adagrad(**common)
+    elif o.name == "adadelta":
+        opt = keras.optimizers.Adadelta(**common)
+    else:
+        raise ConfigError(f"optimizer.name={o.name}: no such optimizer")
     # Decay shrinks kernels only: biases, batch-norm scales and shifts are not weights to regularise.
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return opt
+
+
+def apply_kernel_penalties(
+    model: keras.Model, *, l1: float = 0.0, l2: float = 0.0, max_norm: float = 0.0
+) -> list[str]:
+    """Put an ``L1L2(l1, l2)`` penalty and a ``MaxNorm(max_norm)`` constraint on every trainable kernel of
+    ``model`` (each layer with a ``kernel`` variable, nested ones included); returns their paths.
+
+    Keras reads a weight's penalty and constraint from the variable (``variable.regularizer`` is summed
+    into ``model.losses``, and the optimizer applies ``variable.constraint`` after each update), so they
+    are set there: a layer's ``kernel_regularizer`` set after the layer is built is never read. The layer
+    configs are left as they are: the penalties are training settings, applied again from the config by
+    every :func:`build_training` (a resumed checkpoint's model included). The max-norm axes are all
+    but the last, the output units: a Dense kernel's columns, a convolution's whole filters. Zero turns
+    each off, and leaves what a recipe set itself in place.
+    """
+    regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
+    paths = []
+    for layer in model._flatten_layers(include_self=False):
+        kernel = getattr(layer, "kernel", None)
+        if not isinstance(kernel, keras.Variable) or not kernel.trainable:
+            continue  # no kernel, a computed one (LoRA), or a frozen one (patch whitening)
+        if regularizer is not None:
+            kernel.regularizer = regularizer
+        if max_norm:
+            kernel.constraint = keras.constraints.MaxNorm(max_norm, axis=list(range(len(kernel.shape) - 1)))
+        paths.append(kernel.path)
+    return paths
 
 
 def compile_model(model: keras.Model, cfg, steps_per_epoch: int) -> None:
@@ -159,7 +219,9 @@ def _has_convolution(layer) -> bool:
 @dataclass
 class Training:
     """Everything a ``model.fit`` of a recipe needs; ``callbacks`` holds the recipe's own callbacks, then
-    the monitors, then the NaN guard (also in ``guard``)."""
+    the monitors, then the NaN guard (also in ``guard``), then the plateau decay of
+    ``schedule.name=plateau`` (after the learning-rate logger: an epoch's row shows the rate it trained at,
+    the next row the decayed one)."""
 
     model: keras.Model
     batch_size: int
@@ -198,8 +260,21 @@ def build_training(
     """
     batch = min(cfg.trainer.batch_size, len(data.x_train))
     configured_spe = pipeline.steps_per_epoch(len(data.x_train), batch)
+    plateau = plateau_callback(cfg)
+    if plateau is not None and not len(data.x_val):
+        raise ConfigError(
+            "schedule.name=plateau watches val_accuracy, but there are no validation images; "
+            "set data.val_size above 0 or choose another schedule.name"
+        )
     if model is None:
         model = recipe.build_model(cfg, stats if stats is not None else data_stats(data))
+    m = getattr(cfg, "model", None)  # a user's recipe may declare none of the penalty keys
+    apply_kernel_penalties(
+        model,
+        l1=getattr(m, "l1", 0.0),
+        l2=getattr(m, "l2", 0.0),
+        max_norm=getattr(m, "max_norm", 0.0),
+    )
     if recompile or not model.compiled:
         compile_model(model, cfg, configured_spe)
     spe = plan.steps_per_epoch if plan else configured_spe
@@ -217,6 +292,8 @@ def build_training(
         guard = NaNGuard(explosion_factor=cfg.callbacks.explosion_factor) if cfg.callbacks.nan_guard else None
         if guard is not None:
             watch.append(guard)
+    if plateau is not None:
+        watch.append(plateau)
     return Training(model, batch, spe, epochs, train_ds, val_ds, eval_batch, [*cbs, *watch], guard)
 
 

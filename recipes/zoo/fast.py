@@ -37,6 +37,9 @@ from recipes.config import (
     OptimizerConfig,
     ScheduleConfig,
     TrainerConfig,
+    kernel_l1,
+    kernel_l2,
+    kernel_max_norm,
     spec,
 )
 from recipes.registry import register_recipe
@@ -87,6 +90,9 @@ class FastModelConfig:
     logit_scale: float = spec(
         0.111111, "the logits are multiplied by this", min=0.0, max=1e3, min_exclusive=True
     )
+    l1: float = kernel_l1()
+    l2: float = kernel_l2()
+    max_norm: float = kernel_max_norm()
 
 
 def _data() -> DataConfig:

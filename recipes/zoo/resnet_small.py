@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 
 import keras
 
-from recipes.config import BaseConfig, LossConfig, ScheduleConfig, TrainerConfig, spec
+from recipes.config import (
+    BaseConfig,
+    LossConfig,
+    ScheduleConfig,
+    TrainerConfig,
+    kernel_l1,
+    kernel_l2,
+    kernel_max_norm,
+    spec,
+)
 from recipes.registry import register_recipe
 
 
@@ -29,6 +38,9 @@ class ResNetModelConfig:
         max=1.0,
         min_exclusive=True,
     )
+    l1: float = kernel_l1()
+    l2: float = kernel_l2()
+    max_norm: float = kernel_max_norm()
 
 
 @dataclass
