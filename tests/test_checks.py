@@ -1,6 +1,7 @@
 """The babysitting checklist: sound set-ups pass, each deliberately broken one fails the right check."""
 
 import json
+import math
 
 import keras
 import numpy as np
@@ -44,7 +45,13 @@ def test_default_recipes_pass(tmp_path, recipe, extra):
     assert [r.status for r in results if r.status == checks.FAIL] == []
     assert by_name["initial loss"].status == checks.PASS
     assert by_name["initial loss"].details["initial_loss"] == pytest.approx(np.log(10), abs=0.05)
+    # with a random classifier too: the hidden layers' outputs are of a sane scale
+    assert by_name["initial loss"].details["initial_loss_random_classifier"] == pytest.approx(
+        np.log(10), abs=0.3
+    )
     assert by_name["overfit tiny subset"].status == checks.PASS
+    # momentum 0.9: measured once the buffer holds 95% of its steady weight, 0.9**29 < 0.05 < 0.9**28
+    assert by_name["update ratio"].details["burn_in_steps"] == 29
     report = json.loads((out_dir / "check.json").read_text())
     assert report["passed"] is True and len(report["results"]) == 7
     assert (out_dir / "lr_range.png").exists() and (out_dir / "activations.png").exists()
@@ -69,6 +76,35 @@ def test_extra_softmax_on_a_from_logits_loss_fails_the_initial_loss_check():
     assert good.status == checks.PASS and good.message.startswith("2.30 (expected 2.30 for 10 classes)")
     bad = checks.check_initial_loss(_mlp(final_softmax=True, head="he_normal"), loss, x, y, 10)
     assert bad.status == checks.FAIL and "softmax is applied twice" in bad.advice
+
+
+STATS = {"mean": [0.0] * 3, "variance": [1.0] * 3, "num_classes": 10, "input_shape": (32, 32, 3)}
+
+
+def test_a_badly_scaled_hidden_layer_fails_the_initial_loss_check_behind_a_zero_classifier():
+    from recipes.registry import get_recipe
+
+    recipe = get_recipe("mlp")
+    model = recipe.build_model(recipe.config(["model.width=64"]), STATS)  # a zero-initialised classifier
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 32, 32, 3)).astype(np.float32)
+    y = keras.ops.convert_to_numpy(keras.ops.one_hot(rng.integers(0, 10, 256), 10))
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    sane = checks.check_initial_loss(model, loss, x, y, 10)
+    assert sane.status == checks.PASS
+    assert sane.details["initial_loss_random_classifier"] == pytest.approx(np.log(10), abs=0.1)
+
+    dense = model.get_layer("dense1")
+    dense.kernel.assign(dense.kernel.numpy() * 100.0)
+    weights = model.get_weights()
+    bad = checks.check_initial_loss(model, loss, x, y, 10)
+    assert bad.details["initial_loss"] == pytest.approx(np.log(10), abs=1e-5)  # the zero classifier hides it
+    assert bad.status == checks.FAIL and "hidden layers' outputs are about" in bad.advice
+    # ReLU layers with zero biases are positively homogeneous: 100x the first layer is 100x the logits
+    spread = bad.details["logit_std_random_classifier"]
+    assert spread == pytest.approx(100 * sane.details["logit_std_random_classifier"], rel=1e-3)
+    assert bad.details["initial_loss_random_classifier"] > 3 * np.log(10)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))  # left as it was
 
 
 def test_large_output_weights_fail_the_initial_loss_check():
@@ -131,3 +167,110 @@ def test_weight_decay_that_never_reaches_the_kernels_fails():
         1e-3,
     )
     assert fine.status == checks.PASS and fine.details["loss_with"] > fine.details["loss_without"]
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_update_ratio_is_measured_once_momentum_is_steady(nesterov):
+    """A linear loss has a constant gradient G, so the steps are known in closed form: Keras's SGD runs
+    m <- mu m - lr G; w <- w + mu m - lr G (Nesterov) or w <- w + m. The first Nesterov step is (1 + mu)
+    lr G, a steady one lr G / (1 - mu): 5.3x larger at mu = 0.9 (10x without Nesterov)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 8)).astype(np.float32)
+    y = rng.standard_normal((32, 4)).astype(np.float32)
+    w0 = rng.standard_normal((8, 4)).astype(np.float32)
+    lr, mu = 0.01, 0.9
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, use_bias=False, name="linear")])
+    model.get_layer("linear").kernel.assign(w0)
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr, momentum=mu, nesterov=nesterov),
+        loss=lambda t, p: keras.ops.mean(t * p, axis=-1),
+    )
+    result = checks.check_update_ratio(model, x, y, batch_size=32)
+
+    burn_in = math.ceil(math.log(0.05) / math.log(mu))  # 29
+    gradient = x.astype(np.float64).T @ y / y.size
+    w, m, ratios = w0.astype(np.float64), np.zeros_like(gradient), []
+    for _ in range(burn_in + 5):
+        m = mu * m - lr * gradient
+        step = mu * m - lr * gradient if nesterov else m
+        ratios.append(np.linalg.norm(step) / np.linalg.norm(w))
+        w = w + step
+    assert result.details["burn_in_steps"] == burn_in
+    assert result.details["first_step_update_ratio"] == pytest.approx(ratios[0], rel=1e-4)
+    assert result.details["update_ratio"] == pytest.approx(np.median(ratios[burn_in:]), rel=1e-3)
+    steady = lr * np.linalg.norm(gradient) / (1 - mu) / np.linalg.norm(w)
+    assert result.details["update_ratio"] == pytest.approx(steady, rel=0.05)  # within 5% of steady
+    first_to_steady = (1 + mu) * (1 - mu) if nesterov else 1 - mu
+    assert ratios[0] / steady == pytest.approx(first_to_steady, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "make, steps",
+    [
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.9), 29),  # 0.9**29 < 0.05
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.95), 59),
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.999), checks.BURN_IN_MAX),
+        (lambda: keras.optimizers.SGD(0.1), checks.BURN_IN_MIN),
+        (lambda: keras.optimizers.Adam(beta_1=0.8), checks.BURN_IN_MIN),  # 0.8**14 < 0.05
+        (lambda: keras.optimizers.RMSprop(rho=0.95), 59),  # RMSprop's average has no bias correction
+    ],
+)
+def test_burn_in_follows_the_slowest_moving_average(make, steps):
+    assert checks.burn_in_steps(make()) == steps
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class ReLUGate(keras.layers.Layer):
+    """y = x * relu(g): a gate per feature, whose kink sits at g = 0."""
+
+    def build(self, input_shape):
+        self.gate = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="gate")
+
+    def call(self, x):
+        return x * keras.ops.relu(self.gate)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class Faint(keras.layers.Layer):
+    """y = 1e-12 * x * w: correct gradients of about 1e-12."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="w")
+
+    def call(self, x):
+        return 1e-12 * x * self.w
+
+
+def _behind_a_dense(layer) -> keras.Model:
+    inputs = keras.Input((6,))
+    return keras.Model(inputs, layer(keras.layers.Dense(6)(inputs)))
+
+
+def test_kink_crossings_are_excluded_with_a_note():
+    from layers import gradcheck
+
+    h = checks.GRADIENT_STEP
+    gate = ReLUGate(name="gate")
+    model = _behind_a_dense(gate)
+    # three gates within h of the kink (exactly on it, 0.4h above, 0.7h below): [g - h, g + h] crosses it
+    gate.gate.assign([0.0, 0.4 * h, -0.7 * h, 1.0, -1.0, 0.5])
+    x = np.random.default_rng(0).standard_normal((2, 6))
+    assert gradcheck(gate, x, training=True).max_relative_error > 0.1  # a kink read as a wrong gradient
+    result = checks.check_gradients(model)
+    assert result.status == checks.PASS, result.message
+    assert result.details["kink_crossings"] == {"gate": 3}  # the gates within h of 0, whatever the inputs
+    counts = result.details["entries"]["gate"]
+    assert counts["gate/gate"]["kinks"] == 3 and counts["gate/gate"]["compared"] == 3
+    assert counts["input_0"]["kinks"] == 0  # x * relu(g) is linear in x
+    assert "crosses a kink (ReLU, max): gate 3 entries" in result.message
+
+
+def test_gradients_too_small_to_compare_warn():
+    from layers import gradcheck
+
+    x = np.random.default_rng(0).standard_normal((2, 6))
+    assert gradcheck(Faint(), x, training=True).passed()  # silently: under 1e-12 counts as agreeing
+    result = checks.check_gradients(_behind_a_dense(Faint(name="faint")))
+    assert result.status == checks.WARN and "too small to compare" in result.message
+    assert result.details["too_small"] == {"faint": 6 * 2 + 6}  # every entry of the input and of w
+    assert "could be compared" in result.advice

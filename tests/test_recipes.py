@@ -67,11 +67,22 @@ def test_mlp_initialisations_have_the_documented_scale():
     recipe = get_recipe("mlp")
     stats = {"mean": [0.0] * 3, "variance": [1.0] * 3, "num_classes": 10, "input_shape": (32, 32, 3)}
     fan_in = 32 * 32 * 3
-    for init, expected in [
-        ("small_random", 0.01),
-        ("xavier", (2 / (fan_in + 512)) ** 0.5),
-        ("he", (2 / fan_in) ** 0.5),
+    xavier, he = (2 / (fan_in + 512)) ** 0.5, (2 / fan_in) ** 0.5
+    for init, activation, expected in [
+        ("small_random", "relu", 0.01),
+        ("xavier", "relu", xavier),
+        ("he", "tanh", he),
+        ("auto", "relu", he),  # model.init=auto, the default: He for the ReLU family
+        ("auto", "elu", he),
+        ("auto", "tanh", xavier),  # Xavier for tanh and sigmoid
+        ("auto", "sigmoid", xavier),
     ]:
-        model = recipe.build_model(recipe.config([f"model.init={init}"]), stats)
+        cfg = recipe.config([f"model.init={init}", f"model.activation={activation}"])
+        model = recipe.build_model(cfg, stats)
         std = float(np.std(model.get_layer("dense1").kernel.numpy()))
-        assert std == pytest.approx(expected, rel=0.05), init
+        assert std == pytest.approx(expected, rel=0.05), (init, activation)
+    # maxout gets Xavier too: its kernel has width * pieces = 1024 columns
+    model = recipe.build_model(recipe.config(["model.activation=maxout"]), stats)
+    std = float(np.std(model.get_layer("maxout1").kernel.numpy()))
+    assert std == pytest.approx((2 / (fan_in + 1024)) ** 0.5, rel=0.05)
+    assert recipe.config([]).model.init == "auto"

@@ -69,7 +69,14 @@ def scored_trials(monkeypatch, sample_arrays):
     import tuners.search
     from tuners.hypermodel import RecipeHyperModel
 
+    trials = []  # each trial's values, the epochs it was asked to train, its layers and dense1's weights
+
     def fit(self, hp, model, *args, **kwargs):
+        layers = {layer.name: layer for layer in model.layers}
+        kernel = layers["dense1"].kernel.numpy() if "dense1" in layers else None
+        trials.append(
+            {"values": dict(hp.values), "epochs": kwargs.get("epochs"), "layers": layers, "kernel": kernel}
+        )
         loss = _loss_of(hp.values["optimizer.lr"])
         return {"val_loss": loss, "val_accuracy": 1.0 / loss}
 
@@ -78,10 +85,11 @@ def scored_trials(monkeypatch, sample_arrays):
     clear = keras.backend.clear_session
     monkeypatch.setattr(keras.backend, "clear_session", lambda free_memory=True: clear(free_memory=False))
     monkeypatch.setattr(tuners.search, "plot_scores", lambda *args: None)
+    return trials
 
 
-def _search(tmp_path, *args) -> tuple[dict, pd.DataFrame]:
-    result = run_search("mlp", [*args, *TINY, f"trainer.out_dir={tmp_path}"], echo=lambda *a: None, verbose=0)
+def _search(tmp_path, *args, tiny=TINY) -> tuple[dict, pd.DataFrame]:
+    result = run_search("mlp", [*args, *tiny, f"trainer.out_dir={tmp_path}"], echo=lambda *a: None, verbose=0)
     return result, pd.read_csv(tmp_path / "trials.csv")
 
 
@@ -130,6 +138,56 @@ def test_coarse_to_fine_keeps_every_stage_inside_the_user_bounds(tmp_path, score
         assert frame[key].between(lo, hi).all(), frame[["stage", key]]
     assert set(frame["model.activation"]) <= {"tanh", "elu"}
     _assert_command_is_the_trial_nearest_the_target(result, frame)
+
+
+# --------------------------------------------------------------------------------------------------
+# How long trials train, and what the default space leaves out
+# --------------------------------------------------------------------------------------------------
+
+SEVEN_EPOCHS = [*TINY[:-1], "trainer.epochs=7"]  # a final run of 7 epochs
+
+
+@pytest.mark.parametrize(
+    "args, stage1, stage2",
+    [
+        (["tuner=random"], 2, None),  # tune.coarse_epochs, 2 by default
+        (["tuner=bayesian", "tune.coarse_epochs=3"], 3, None),
+        (["tuner=coarse_to_fine"], 2, 7),  # stage 2: the final run's epochs
+        (["tuner=coarse_to_fine", "tune.coarse_epochs=4", "tune.fine_epochs=5"], 4, 5),
+        (["tuner=coarse_to_fine", "tune.coarse_epochs=9"], 7, 7),  # never longer than a final run
+    ],
+)
+def test_trials_train_the_documented_epochs(tmp_path, scored_trials, args, stage1, stage2):
+    _search(tmp_path, *args, "tune.max_trials=3", "tune.fine_trials=2", tiny=SEVEN_EPOCHS)
+    epochs = [trial["epochs"] for trial in scored_trials]
+    assert epochs == [stage1] * 3 + ([stage2] * 2 if stage2 else [])
+
+
+def test_hyperband_trains_up_to_the_final_runs_epochs(tmp_path, scored_trials):
+    _search(tmp_path, "tuner=hyperband", tiny=[*TINY[:-1], "trainer.epochs=3"])
+    epochs = [trial["epochs"] for trial in scored_trials]
+    assert max(epochs) == 3 and min(epochs) == 1  # brackets of 1 epoch, promoted to 3 (factor 3)
+
+
+def test_a_fine_stage_shorter_than_the_coarse_one_is_refused(tmp_path, capsys):
+    args = ["tune", "recipe=mlp", "tuner=coarse_to_fine", f"trainer.out_dir={tmp_path}"]
+    assert cli.main([*args, "tune.coarse_epochs=3", "tune.fine_epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "tune.fine_epochs=2 is shorter than stage 1's 3 epochs" in err and err.count("\n") == 1
+    assert cli.main([*args, "tune.coarse_epochs=0"]) == 2
+    assert "tune.coarse_epochs=0: expected a value >= 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was loaded or written
+
+
+def test_sigmoid_and_small_random_come_back_when_the_space_names_them(tmp_path, scored_trials):
+    _, frame = _search(
+        tmp_path, "tune.max_trials=4", "space.model.activation=sigmoid,tanh", "space.model.init=small_random"
+    )
+    assert set(frame["model.activation"]) == {"sigmoid", "tanh"}
+    assert set(frame["model.init"]) == {"small_random"}
+    for trial in scored_trials:  # each trial's model has the drawn nonlinearity and N(0, 0.01^2) weights
+        assert f"{trial['values']['model.activation']}1" in trial["layers"]
+        assert np.std(trial["kernel"]) == pytest.approx(0.01, rel=0.05)  # 3072 x 8 draws: 1% std error
 
 
 def test_a_search_stopped_by_failed_trials_points_at_a_trials_table_that_exists(tmp_path, capsys):

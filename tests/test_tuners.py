@@ -60,6 +60,38 @@ def test_search_spaces_are_named_after_config_keys_with_defaults():
     assert {"model.activation", "model.init", "model.dropout"} <= set(_space("mlp"))
 
 
+def test_the_mlp_space_leaves_out_what_the_notes_advise_against():
+    space = _space("mlp")
+    assert "sigmoid" not in space["model.activation"].values
+    assert {"relu", "tanh", "maxout"} <= set(space["model.activation"].values)
+    assert space["model.init"].values == ["auto"]  # Xavier for tanh, He for ReLU: no mismatched pairs
+    cfg = hypermodel("mlp").config(kt.HyperParameters())
+    assert cfg.model.activation == "relu" and cfg.model.init == "auto"
+
+
+def test_space_overrides_bring_back_any_value_of_the_config_key():
+    from recipes.config import ConfigError
+    from tuners.search import space_overrides
+
+    recipe = hypermodel("mlp").recipe
+    hp = space_overrides(recipe, {"model.activation": "relu,sigmoid", "model.init": "auto,small_random"})
+    values = {p.name: p.values for p in hp.space}
+    assert values == {"model.activation": ["relu", "sigmoid"], "model.init": ["auto", "small_random"]}
+    with pytest.raises(ConfigError, match="sigmod is not one of .*did you mean 'sigmoid'"):
+        space_overrides(recipe, {"model.activation": "relu,sigmod"})
+    widths = space_overrides(hypermodel("resnet_small").recipe, {"model.width": "8,64"})
+    assert widths.space[0].values == [8, 64]  # typed as the key: integers
+
+
+def test_a_short_trial_trains_the_final_schedule_compressed():
+    hm = hypermodel("resnet_small")  # 30 epochs, 2 of them warmup
+    final = hm.trial_config(kt.HyperParameters())
+    assert final.trainer.epochs == 30 and final.schedule.warmup_epochs == 2.0
+    short = hm.trial_config(kt.HyperParameters(), 3)
+    assert short.trainer.epochs == 3 and short.schedule.warmup_epochs == pytest.approx(2.0 * 3 / 30)
+    assert hm.trial_config(kt.HyperParameters(), 30) == final
+
+
 def test_log_uniform_sampling_covers_decades_evenly():
     lr = _space("resnet_small")["optimizer.weight_decay"]  # 1e-4 .. 1e-1: three decades
     samples = np.array([lr.random_sample(seed) for seed in range(6000)])

@@ -33,8 +33,9 @@ class RecipeHyperModel(kt.HyperModel):
     Each hyperparameter is named after the config key it sets (``optimizer.lr``), so a trial's values are
     recipe overrides as they stand. ``fit`` takes raw 0-255 images exactly as keras-tuner documents
     (``tuner.search(x, y, validation_data=(x_val, y_val), epochs=E)``): it fits the model's normalisation
-    layer on ``x``, schedules the learning rate over ``epochs``, trains with the recipe's augmentation and
-    NaN guard, and reports a diverged trial as failed (no retries) with the guard's advice.
+    layer on ``x``, fits the final run's learning-rate schedule to ``epochs`` (:meth:`trial_config`),
+    trains with the recipe's augmentation and NaN guard, and reports a diverged trial as failed (no
+    retries) with the guard's advice.
     """
 
     def __init__(
@@ -64,6 +65,20 @@ class RecipeHyperModel(kt.HyperModel):
     def config(self, hp: kt.HyperParameters, extra: list[str] | tuple[str, ...] = ()):
         """The trial's config; ``extra`` (the trial's epochs) replaces the same keys of the others."""
         return self.recipe.config(merge_overrides(self.trial_overrides(hp), extra))
+
+    def trial_config(self, hp: kt.HyperParameters, epochs: int | None = None):
+        """The config a trial of ``epochs`` epochs trains: the final run's (``trainer.epochs``) schedule
+        fitted to ``epochs``. The decay spans the trial's epochs and the warmup keeps its fraction of the
+        training, so that a 2-epoch coarse trial of a 30-epoch recipe with 2 warmup epochs warms up for
+        0.13 epochs instead of its whole length; ``schedule.warmup_epochs`` keeps meaning the final run's."""
+        final = self.config(hp)
+        if not epochs or epochs == final.trainer.epochs:
+            return final
+        extra = [f"trainer.epochs={epochs}"]
+        schedule = getattr(final, "schedule", None)
+        if schedule is not None and schedule.warmup_epochs:
+            extra.append(f"schedule.warmup_epochs={schedule.warmup_epochs * epochs / final.trainer.epochs!r}")
+        return self.config(hp, extra)
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The trial's model, compiled; its normalisation (and patch whitening) is fitted in :meth:`fit`,
@@ -97,7 +112,7 @@ class RecipeHyperModel(kt.HyperModel):
     ):
         """Train a trial as ``run`` does (the same set-up, without the monitors), on raw images."""
         data = self._data(x, y, validation_data)
-        cfg = self.config(hp, [f"trainer.epochs={epochs}"] if epochs else [])
+        cfg = self.trial_config(hp, epochs)
         normalize = next((layer for layer in model.layers if layer.name == "normalize"), None)
         if normalize is not None:  # built without statistics: fitted to this search's images
             normalize.adapt(data.x_train[:10000].astype(np.float32))

@@ -53,9 +53,21 @@ class TuneOptions:
         "metric the search ranks trials by (losses lowest, accuracies highest)",
         choices=OBJECTIVES,
     )
+    # A coarse trial ranks a setting by a short but complete schedule (the recipe's, compressed into these
+    # epochs): a few epochs tell a rate that learns from one that does not, at a fraction of a run's cost.
+    coarse_epochs: int = spec(
+        2,
+        "epochs per trial of random, grid and bayesian searches and of coarse_to_fine's stage 1 "
+        "(at most trainer.epochs)",
+        min=1,
+        max=MAX_EPOCHS,
+    )
     fine_trials: int = spec(5, "coarse_to_fine: stage-2 trials", min=1, max=MAX_TRIALS)
     fine_epochs: int = spec(
-        0, "coarse_to_fine: stage-2 epochs (0 = twice trainer.epochs)", min=0, max=MAX_EPOCHS
+        0,
+        "coarse_to_fine: stage-2 epochs per trial (0 = trainer.epochs, the final run's)",
+        min=0,
+        max=MAX_EPOCHS,
     )
     top_k: int = spec(3, "coarse_to_fine: stage-1 trials the ranges narrow around", min=1, max=MAX_TRIALS)
     max_consecutive_failed_trials: int = spec(
@@ -64,13 +76,16 @@ class TuneOptions:
 
 
 def space_overrides(recipe, items: dict[str, str]) -> kt.HyperParameters | None:
-    """Hyperparameters re-declared with user bounds: ``space.optimizer.lr=1e-3:0.3`` narrows a numeric range
-    (keeping its sampling), ``space.model.activation=relu,elu`` restricts a choice."""
+    """Hyperparameters re-declared with user bounds: ``space.optimizer.lr=1e-3:0.3`` sets a numeric range
+    (keeping its sampling), ``space.model.activation=relu,sigmoid`` the values of a choice. A choice takes
+    any value its config key accepts, so a value the recipe's default space leaves out (mlp's sigmoid)
+    comes back by naming it."""
     if not items:
         return None
     declared = kt.HyperParameters()
     recipe.search_space(declared)
     params = {p.name: p for p in declared.space}
+    keys = flat_fields(recipe.config([]))
     hp = kt.HyperParameters()
     for key, text in items.items():
         if key not in params:
@@ -80,16 +95,7 @@ def space_overrides(recipe, items: dict[str, str]) -> kt.HyperParameters | None:
             )
         param = params[key]
         if isinstance(param, kt.engine.hyperparameters.Choice):
-            kinds = {type(v) for v in param.values}
-            kind = kinds.pop() if len(kinds) == 1 else str
-            try:
-                values = [kind(v) for v in text.split(",")]
-            except ValueError:
-                raise ConfigError(f"space.{key}={text}: expected values like {param.values}") from None
-            unknown = [v for v in values if v not in param.values]
-            if unknown:
-                raise ConfigError(f"space.{key}={text}: {unknown[0]} is not one of {param.values}")
-            hp.Choice(key, values)
+            hp.Choice(key, _choice_values(key, text, param, keys.get(key)))
             continue
         try:
             low, high = (float(v) for v in text.split(":"))
@@ -109,6 +115,30 @@ def space_overrides(recipe, items: dict[str, str]) -> kt.HyperParameters | None:
         else:
             hp.Float(key, low, high, sampling=param.sampling)
     return hp
+
+
+def _choice_values(key: str, text: str, param, config_field) -> list:
+    """The values of ``space.KEY=a,b``: typed and checked as the config key's own values (for a key that
+    is not a config key, among the declared ones)."""
+    values = []
+    for raw in (v.strip() for v in text.split(",")):
+        if config_field is not None:
+            _, f, tp = config_field
+            choices = [str(c) for c in f.metadata.get("choices") or ()]
+            if choices and raw not in choices:
+                raise ConfigError(f"space.{key}={text}: {raw} is not one of {choices}{nearest(raw, choices)}")
+            values.append(parse_value(f"space.{key}", raw, tp, f))
+            continue
+        kinds = {type(v) for v in param.values}
+        kind = kinds.pop() if len(kinds) == 1 else str
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"space.{key}={text}: expected values like {param.values}") from None
+        if value not in param.values:
+            raise ConfigError(f"space.{key}={text}: {value} is not one of {param.values}")
+        values.append(value)
+    return list(dict.fromkeys(values))
 
 
 def parse_tune_args(args: list[str]) -> tuple[TuneOptions, dict[str, str], list[str]]:
@@ -140,6 +170,36 @@ def parse_tune_args(args: list[str]) -> tuple[TuneOptions, dict[str, str], list[
         else:
             rest.append(arg)
     return options, space, rest
+
+
+def trial_epochs(options: TuneOptions, final_epochs: int) -> dict[str, int]:
+    """How long trials train, given ``trainer.epochs`` (what a final run of the best setting trains):
+
+    - ``coarse``: a trial of random, grid and bayesian searches and of coarse_to_fine's stage 1,
+      ``tune.coarse_epochs`` (2 by default), never more than a final run;
+    - ``fine``: a trial of coarse_to_fine's stage 2, ``tune.fine_epochs`` or else the final run's epochs;
+      at least ``coarse`` (a ConfigError otherwise): the narrowed ranges are ranked by longer training;
+    - ``hyperband``: its ``max_epochs``, the final run's epochs; hyperband's own brackets start trials
+      at a fraction of it (1/3, 1/9, ...) and promote the best, so its early rounds are its coarse stage.
+
+    Each trial's learning-rate schedule spans the trial's own epochs.
+    """
+    coarse = min(options.coarse_epochs, final_epochs)
+    fine = options.fine_epochs or final_epochs
+    if options.tuner == "coarse_to_fine" and fine < coarse:
+        raise ConfigError(
+            f"tune.fine_epochs={options.fine_epochs} is shorter than stage 1's {coarse} epochs "
+            "(tune.coarse_epochs): the fine stage trains at least as long"
+        )
+    return {"coarse": coarse, "fine": fine, "hyperband": final_epochs}
+
+
+def _describe_epochs(tuner: str, epochs: dict[str, int]) -> str:
+    if tuner == "coarse_to_fine":
+        return f"stage-1 trials train {epochs['coarse']} epochs, stage-2 trials {epochs['fine']}"
+    if tuner == "hyperband":
+        return f"trials train up to {epochs['hyperband']} epochs"
+    return f"trials train {epochs['coarse']} epochs"
 
 
 def make_tuner(
@@ -275,11 +335,12 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
     if cfg.trainer.budget is not None:
         raise ConfigError(
             f"trainer.budget={cfg.trainer.budget} applies to 'run' only (it plans one training's steps); a "
-            "search trains each trial for trainer.epochs (and tune.fine_epochs): drop trainer.budget"
+            "search trains each trial for tune.coarse_epochs (and tune.fine_epochs): drop trainer.budget"
         )
     if recipe.search_space is None:
         raise ConfigError(f"recipe '{recipe_name}' declares no search space")
     bounds = space_overrides(recipe, space)
+    epochs = trial_epochs(options, cfg.trainer.epochs)
     out_dir = resolve_out_dir(cfg, f"tune-{recipe_name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg.data, seed=cfg.trainer.seed)
@@ -288,12 +349,11 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
         recipe_name, fixed, num_classes=data.num_classes, input_shape=data.x_train.shape[1:]
     )
     search = dict(validation_data=(data.x_val, data.y_val), verbose=verbose)
-    epochs = cfg.trainer.epochs
     directory = out_dir / "tuner"
     made: list[kt.Tuner] = []  # the tuners built so far, for the trials table of a search that stops
     echo(
         f"Tuning {recipe_name} with {options.tuner} on {len(data.x_train):,} images ({data.source}); "
-        f"keras-tuner directory {directory}"
+        f"{_describe_epochs(options.tuner, epochs)}; keras-tuner directory {directory}"
     )
     try:
         if options.tuner == "coarse_to_fine":
@@ -304,9 +364,9 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
                 (data.x_val, data.y_val),
                 directory=str(directory),
                 coarse_trials=options.max_trials,
-                coarse_epochs=epochs,
+                coarse_epochs=epochs["coarse"],
                 fine_trials=options.fine_trials,
-                fine_epochs=options.fine_epochs or 2 * epochs,
+                fine_epochs=epochs["fine"],
                 top_k=options.top_k,
                 objective=options.objective,
                 seed=cfg.trainer.seed,
@@ -317,10 +377,12 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
             )
             frame, tuners = result.frame, [result.coarse, result.fine]
         else:
-            tuner = make_tuner(options.tuner, hm, options, directory, cfg.trainer.seed, epochs, bounds)
+            tuner = make_tuner(
+                options.tuner, hm, options, directory, cfg.trainer.seed, epochs["hyperband"], bounds
+            )
             made.append(tuner)
             reconcile(tuner.oracle)
-            tuner.search(data.x_train, data.y_train, epochs=epochs, **search)
+            tuner.search(data.x_train, data.y_train, epochs=epochs["coarse"], **search)
             if role == "worker":
                 worker = os.environ["KERASTUNER_TUNER_ID"]
                 echo(f"worker {worker}: no more trials; the chief writes the results")

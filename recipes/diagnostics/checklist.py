@@ -23,6 +23,8 @@ from recipes.registry import get_recipe
 # What "regularisation and augmentation off" means, for the keys a recipe has.
 REGULARISATION_OFF = {
     "optimizer.weight_decay": "0",
+    "model.l1": "0",  # kernel penalties added to the loss, where a recipe declares them
+    "model.l2": "0",
     "loss.label_smoothing": "0",
     "model.dropout": "0",
     "model.drop_rate": "0",
@@ -92,7 +94,7 @@ def run_checks(
     record(checks.check_learning_rate(build(cfg), x, y, cfg.optimizer.lr, plot_path=out_dir / "lr_range.png"))
     record(checks.check_gradients(build(cfg)))
     record(checks.check_activations(build(cfg), x[:256], plot_path=out_dir / "activations.png"))
-    record(checks.check_update_ratio(build(constant), x[:128], y[:128]))
+    record(checks.check_update_ratio(build(constant), x, y, batch_size=cfg.trainer.batch_size))
 
     write_json(
         out_dir / "check.json",

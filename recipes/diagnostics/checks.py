@@ -7,6 +7,7 @@ batches, so they work on any compiled Keras setup, not only on our recipes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -42,14 +43,60 @@ def _is_probability_output(outputs: np.ndarray) -> bool:
 # 1. Initial loss
 # --------------------------------------------------------------------------------------------------
 
+# The classifier the hidden layers are measured with: N(0, (GAIN / sqrt(fan_in))^2), seeded. Hidden outputs
+# of unit scale (what He and Xavier initialisation aim for) give logits of std GAIN, and a loss of about
+# ln(C) + GAIN^2 / 2 = ln(C) + 0.03; outputs 10x too large, logits of std 2.5 and about ln(C) + 2 (FAIL).
+RANDOM_CLASSIFIER_GAIN = 0.25
+RANDOM_CLASSIFIER_SEED = 0
+
+
+def classifier_layer(model: keras.Model):
+    """The classifier: the last layer (nested ones included) that has a kernel, or None."""
+    found = None
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None and len(kernel.shape) >= 2:
+            found = layer
+    return found
+
+
+def _loss_status(value: float, expected: float, tolerance: float) -> str:
+    relative = abs(value - expected) / expected
+    if relative <= tolerance:
+        return PASS
+    return WARN if relative <= 3 * tolerance else FAIL
+
+
+def _worst(*statuses: str) -> str:
+    return max(statuses, key=[SKIP, PASS, WARN, FAIL].index)
+
 
 def check_initial_loss(
     model: keras.Model, loss, x: np.ndarray, y: np.ndarray, num_classes: int, tolerance: float = 0.15
 ) -> CheckResult:
     """With regularisation off, the loss at initialisation is about ln(C): the network starts out
-    guessing uniformly. ``y`` is one-hot (or what ``loss`` expects)."""
+    guessing uniformly. ``y`` is one-hot (or what ``loss`` expects).
+
+    Measured twice: on the model as built (a softmax applied twice, or a classifier initialised too large,
+    shows here), and with the classifier's kernel (the last layer with one) replaced by a random one of
+    std ``RANDOM_CLASSIFIER_GAIN / sqrt(fan_in)``. A zero-initialised classifier outputs ln(C) whatever the
+    layers below it do; the random one turns the scale of the hidden layers' outputs into the loss. The
+    model is left as it was (every weight, moving statistics included, is restored).
+    """
     expected = math.log(num_classes)
-    outputs = keras.ops.convert_to_numpy(model(x, training=True))
+    snapshot = model.get_weights()
+    classifier = classifier_layer(model)
+    try:
+        outputs = keras.ops.convert_to_numpy(model(x, training=True))
+        probe = None
+        if classifier is not None:
+            shape = tuple(classifier.kernel.shape)
+            std = RANDOM_CLASSIFIER_GAIN / math.sqrt(math.prod(shape[:-1]))
+            rng = np.random.default_rng(RANDOM_CLASSIFIER_SEED)
+            classifier.kernel.assign(rng.normal(0.0, std, shape).astype(classifier.kernel.dtype))
+            probe = keras.ops.convert_to_numpy(model(x, training=True))
+    finally:
+        model.set_weights(snapshot)
     value = float(keras.ops.convert_to_numpy(loss(y, outputs)))
     details = {"initial_loss": value, "expected": expected}
     message = f"{value:.2f} (expected {expected:.2f} for {num_classes} classes)"
@@ -81,18 +128,36 @@ def check_initial_loss(
             "the loss is not finite at initialisation: check the inputs for NaN and the "
             "labels for values outside 0..C-1.",
         )
-    relative = abs(value - expected) / expected
-    if relative <= tolerance:
-        return CheckResult("initial loss", PASS, message, details)
-    status = WARN if relative <= 3 * tolerance else FAIL
-    return CheckResult(
-        "initial loss",
-        status,
-        message,
-        details,
-        "the network does not start near uniform predictions: the output layer's initial "
-        "weights are probably too large (scale them down), or the loss is set up wrong.",
-    )
+    status, advice = _loss_status(value, expected, tolerance), []
+    if status != PASS:
+        advice.append(
+            "the network does not start near uniform predictions: the output layer's initial "
+            "weights are probably too large (scale them down), or the loss is set up wrong."
+        )
+    if probe is not None:
+        probed = float(keras.ops.convert_to_numpy(loss(y, probe)))
+        spread = float(np.sqrt(np.mean(np.var(probe.astype(np.float64), axis=-1))))
+        details.update(
+            {
+                "classifier": classifier.name,
+                "initial_loss_random_classifier": probed,
+                "logit_std_random_classifier": spread,
+            }
+        )
+        message += f"; {probed:.2f} with a random classifier (logit std {spread:.2g})"
+        probe_status = _loss_status(probed, expected, tolerance) if math.isfinite(probed) else FAIL
+        if probe_status != PASS:
+            advice.append(
+                f"with a random classifier ('{classifier.name}', "
+                f"std {RANDOM_CLASSIFIER_GAIN:g}/sqrt(fan_in)) "
+                f"the logits have std {spread:.2g}, where hidden outputs of unit scale give about "
+                f"{RANDOM_CLASSIFIER_GAIN:g}: the hidden layers' outputs are about "
+                f"{spread / RANDOM_CLASSIFIER_GAIN:.3g}x too large (a zero-initialised classifier hides "
+                "this until the first step). Check the hidden layers' initialisation (He for ReLU, Xavier "
+                "for tanh: model.init=auto) and the input normalisation."
+            )
+        status = _worst(status, probe_status)
+    return CheckResult("initial loss", status, message, details, " ".join(advice))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,6 +340,11 @@ def check_learning_rate(
 # 5. Gradient check of custom layers
 # --------------------------------------------------------------------------------------------------
 
+# The centred difference's h, as in layers.gradcheck: truncation error h^2 against round-off 1e-16 / h.
+GRADIENT_STEP = 1e-4
+MAX_ENTRIES = 30  # entries compared per input and per weight of each layer
+TOO_SMALL = 1e-10  # gradients below this (both) are left uncompared: round-off, not a derivative
+
 
 def custom_layers(model: keras.Model) -> list:
     """Layers whose class is not Keras's own: the ones whose gradients someone wrote."""
@@ -285,39 +355,209 @@ def custom_layers(model: keras.Model) -> list:
     ]
 
 
-def check_gradients(model: keras.Model, tolerance: float = 1e-6) -> CheckResult:
-    from layers import gradcheck
+@dataclass
+class EntryCounts:
+    """What the gradient check found in one tensor (an input or a weight of a layer)."""
 
+    checked: int = 0
+    compared: int = 0  # entries whose relative error counts (nonzero, not a kink, not too small)
+    kinks: int = 0  # entries where [x - h, x + h] crosses a kink: excluded
+    too_small: int = 0  # entries where both gradients are below the comparable size: excluded
+    max_error: float = 0.0
+
+
+def classify_entry(
+    analytic: float,
+    f_plus: float,
+    f_centre: float,
+    f_minus: float,
+    *,
+    h: float,
+    floor: float,
+    tolerance: float,
+) -> tuple[str, float]:
+    """``("agree" | "differ" | "kink" | "too small", relative error)`` for one entry of a gradient.
+
+    ``f_plus``, ``f_centre``, ``f_minus`` are the objective at ``x + h``, ``x``, ``x - h``. The centred
+    difference crosses a kink (a ReLU at zero, a tie in a max) when ``[x - h, x + h]`` contains one: a kink
+    of slopes ``a`` and ``b`` at distance ``d`` from ``x`` makes the difference miss the derivative by
+    ``|b - a| (h - d) / 2h``, and makes the second difference ``f(x + h) - 2 f(x) + f(x - h)`` exactly
+    ``(b - a)(h - d)``: an error that the second difference accounts for (``|D2| / 2h`` at least half of it)
+    is a kink's. A smooth function has ``|D2| / 2h = h |f''| / 2``, far below a wrong gradient's error.
+    """
+    numeric = (f_plus - f_minus) / (2 * h)
+    scale = max(abs(analytic), abs(numeric))
+    if scale == 0.0:
+        return "agree", 0.0
+    if scale < floor:
+        return "too small", 0.0
+    error = abs(analytic - numeric) / scale
+    if error < tolerance:
+        return "agree", error
+    if abs(f_plus - 2 * f_centre + f_minus) / (2 * h) >= 0.5 * abs(analytic - numeric):
+        return "kink", error
+    return "differ", error
+
+
+def compare_gradients(
+    layer, inputs, *, tolerance: float = 1e-6, max_checks: int = MAX_ENTRIES, seed: int = 0
+) -> dict[str, EntryCounts]:
+    """Per input and weight of ``layer`` (called on ``inputs`` in training mode, with one fixed random
+    mask): the entries compared with centred finite differences in float64, as
+    :func:`layers.gradcheck.gradcheck` does, sorted into agreeing, differing, kink crossings and too small.
+
+    An entry is too small to compare when both gradients are below ``TOO_SMALL`` or below what round-off
+    allows at ``tolerance``: ``10 * eps * sum|terms of f| / (h * tolerance)``, with ``eps`` float64's.
+    """
+    import tensorflow as tf
+
+    from layers.gradcheck import _float64_copy, _seed_generators
+
+    h = GRADIENT_STEP
+    multi = isinstance(inputs, (list, tuple))
+    xs = [np.asarray(x, dtype=np.float64) for x in (inputs if multi else [inputs])]
+    weights64 = [np.asarray(w, dtype=np.float64) for w in layer.get_weights()]
+    target = _float64_copy(layer)
+    target(xs if multi else xs[0], training=True)  # build
+    target.set_weights(weights64)
+    generators = _seed_generators(target)
+    states = [keras.ops.convert_to_numpy(g.state) for g in generators]
+    out_shape = tuple(keras.ops.shape(target(xs if multi else xs[0], training=True)))
+    projection = tf.constant(np.random.default_rng(seed).standard_normal(out_shape))
+
+    def terms(tensors):
+        for g, s in zip(generators, states):
+            g.state.assign(s)
+        return tf.cast(target(tensors if multi else tensors[0], training=True), tf.float64) * projection
+
+    def objective(tensors) -> tuple[float, float]:
+        t = terms(tensors)
+        return float(tf.reduce_sum(t)), float(tf.reduce_sum(tf.abs(t)))
+
+    x_vars = [tf.Variable(x) for x in xs]
+    weights = list(target.trainable_weights)
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(terms(x_vars))
+    grads = tape.gradient(value, x_vars + [w.value for w in weights])
+    centre, magnitude = objective(x_vars)
+    floor = max(TOO_SMALL, 10 * np.finfo(np.float64).eps * magnitude / (h * tolerance))
+
+    rng = np.random.default_rng(seed + 1)
+    found: dict[str, EntryCounts] = {}
+    names = [f"input_{i}" for i in range(len(xs))] + [w.path for w in weights]
+    for name, var, grad in zip(names, x_vars + weights, grads):
+        analytic = np.zeros(tuple(var.shape)) if grad is None else np.asarray(grad, dtype=np.float64)
+        base = keras.ops.convert_to_numpy(var).astype(np.float64)
+        flat = base.reshape(-1)
+        counts = found[name] = EntryCounts()
+        for i in rng.choice(flat.size, size=min(max_checks, flat.size), replace=False):
+            values = []
+            for sign in (1.0, -1.0):
+                bumped = flat.copy()
+                bumped[i] += sign * h
+                var.assign(bumped.reshape(base.shape))
+                values.append(objective(x_vars)[0])
+            var.assign(base)
+            kind, error = classify_entry(
+                float(analytic.reshape(-1)[i]),
+                values[0],
+                centre,
+                values[1],
+                h=h,
+                floor=floor,
+                tolerance=tolerance,
+            )
+            counts.checked += 1
+            if kind == "kink":
+                counts.kinks += 1
+            elif kind == "too small":
+                counts.too_small += 1
+            else:
+                counts.compared += 1
+                counts.max_error = max(counts.max_error, error)
+    return found
+
+
+def _random_inputs(layer, rng):
+    shapes = layer.input.shape if not isinstance(layer.input, list) else [t.shape for t in layer.input]
+    if isinstance(shapes, list):
+        return [rng.standard_normal((2, *s[1:])) for s in shapes]
+    return rng.standard_normal((2, *shapes[1:]))
+
+
+def check_gradients(model: keras.Model, tolerance: float = 1e-6) -> CheckResult:
+    """Every custom layer's gradients against centred finite differences in float64 (see
+    :func:`compare_gradients`), on two random N(0, 1) examples.
+
+    Entries whose finite difference crosses a kink (ReLU, max) are excluded and counted; so are entries
+    whose gradients are both too small to tell from round-off. FAIL when a compared entry's relative error
+    reaches ``tolerance``; WARN when a tensor that has nonzero gradients had none left to compare.
+    """
     layers_ = custom_layers(model)
     if not layers_:
         return CheckResult(
             "gradient check", SKIP, "no custom layers (Keras's own layers are tested upstream)"
         )
     rng = np.random.default_rng(0)
-    errors = {}
-    for layer in layers_:
-        shapes = layer.input.shape if not isinstance(layer.input, list) else [t.shape for t in layer.input]
-        if isinstance(shapes, list):
-            inputs = [rng.standard_normal((2, *s[1:])) for s in shapes]
-        else:
-            inputs = rng.standard_normal((2, *shapes[1:]))
-        errors[layer.name] = gradcheck(layer, inputs, training=True, max_checks=30).max_relative_error
+    found = {
+        layer.name: compare_gradients(layer, _random_inputs(layer, rng), tolerance=tolerance)
+        for layer in layers_
+    }
+    errors = {
+        name: max((c.max_error for c in tensors.values()), default=0.0) for name, tensors in found.items()
+    }
+    kinks = {name: sum(c.kinks for c in tensors.values()) for name, tensors in found.items()}
+    small = {name: sum(c.too_small for c in tensors.values()) for name, tensors in found.items()}
+    unverified = {  # tensors with nonzero gradients of which no entry was left to compare
+        f"{name}/{tensor}": c
+        for name, tensors in found.items()
+        for tensor, c in tensors.items()
+        if c.compared == 0 and (c.kinks or c.too_small)
+    }
+    details = {
+        "errors": errors,
+        "kink_crossings": kinks,
+        "too_small": small,
+        "entries": {name: {t: asdict(c) for t, c in tensors.items()} for name, tensors in found.items()},
+    }
     worst = max(errors, key=errors.get)
     message = f"max relative error {errors[worst]:.1e} ({worst}) over {len(errors)} custom layer(s)"
-    if errors[worst] < tolerance:
-        return CheckResult("gradient check", PASS, message, {"errors": errors})
-    return CheckResult(
-        "gradient check",
-        FAIL,
-        message,
-        {"errors": errors},
-        f"the analytic gradient of '{worst}' disagrees with finite differences: its "
-        "hand-written gradient (or a non-differentiable op) is wrong.",
-    )
+    notes = []
+    if sum(kinks.values()):
+        crossed = ", ".join(f"{n} {k}" for n, k in kinks.items() if k)
+        notes.append(f"excluded where the difference crosses a kink (ReLU, max): {crossed} entries")
+    if sum(small.values()):
+        tiny = ", ".join(f"{n} {k}" for n, k in small.items() if k)
+        notes.append(f"excluded as too small to compare: {tiny} entries")
+    message += "".join(f"; {note}" for note in notes)
+    if errors[worst] >= tolerance:
+        return CheckResult(
+            "gradient check",
+            FAIL,
+            message,
+            details,
+            f"the analytic gradient of '{worst}' disagrees with finite differences: its "
+            "hand-written gradient (or a non-differentiable op) is wrong.",
+        )
+    if unverified:
+        advice = f"no entry of {', '.join(unverified)} could be compared"
+        if any(c.too_small for c in unverified.values()):
+            advice += (
+                f": gradients below {TOO_SMALL:g} (or below what float64 round-off allows) cannot be told "
+                "apart from noise; scale the layer's inputs or weights up to check it (a gradient this "
+                "small also vanishes in training)"
+            )
+        if any(c.kinks for c in unverified.values()):
+            advice += (
+                "; every difference crossed a kink: move the weights or inputs away from the kinks "
+                "(ties in a max, zeros of a ReLU) to check them"
+            )
+        return CheckResult("gradient check", WARN, message, details, advice + ".")
+    return CheckResult("gradient check", PASS, message, details)
 
 
 # --------------------------------------------------------------------------------------------------
-# 6. Activations, dead units and update ratio at initialisation
+# 6. Activations and dead units at initialisation; the update ratio once momentum is steady
 # --------------------------------------------------------------------------------------------------
 
 
@@ -353,7 +593,7 @@ def check_activations(model: keras.Model, probe: np.ndarray, plot_path: Path | N
             message + ": activations collapse towards zero",
             details,
             "the weights are too small: activations shrink layer by layer, so gradients "
-            "vanish. Use Xavier init for tanh/sigmoid, He init for ReLU (model.init=he).",
+            "vanish. Use Xavier init for tanh/sigmoid, He init for ReLU (model.init=auto picks them).",
         )
     if saturated and max(saturated.values()) > 0.5:
         return CheckResult(
@@ -384,17 +624,73 @@ def check_activations(model: keras.Model, probe: np.ndarray, plot_path: Path | N
     return CheckResult("activations", PASS, message, details)
 
 
-def check_update_ratio(model: keras.Model, x: np.ndarray, y: np.ndarray) -> CheckResult:
-    """The update-to-weight ratio of one optimizer step (compiled ``model``): about 1e-3 is healthy."""
+# Momentum takes ~1/(1 - momentum) steps to build up: the first Nesterov step at momentum 0.9 is (1 + 0.9)
+# lr g against the steady lr g / (1 - 0.9), 5.3x smaller (10x without Nesterov). The update ratio is
+# measured once the slowest moving average of the optimizer (SGD and RMSprop momentum, Adam's beta_1,
+# RMSprop's rho) has reached 95% of its steady weight: ln(0.05) / ln(momentum) steps (29 at 0.9, 59 at
+# 0.95), at least BURN_IN_MIN and at most BURN_IN_MAX.
+BURN_IN_MIN, BURN_IN_MAX = 20, 100
+
+
+def burn_in_steps(optimizer: keras.optimizers.Optimizer) -> int:
+    """Steps before the update ratio is steady, from the optimizer's moving-average coefficients."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    coefficients = []
+    for name in ("momentum", "beta_1", "rho"):
+        try:
+            coefficients.append(float(getattr(optimizer, name)))
+        except (AttributeError, TypeError, ValueError):
+            continue
+    slowest = max((c for c in coefficients if 0 < c < 1), default=0.0)
+    steps = math.ceil(math.log(0.05) / math.log(slowest)) if slowest else 0
+    return min(BURN_IN_MAX, max(BURN_IN_MIN, steps))
+
+
+def check_update_ratio(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int = 128,
+    burn_in: int | None = None,
+    steps: int = 5,
+) -> CheckResult:
+    """The update-to-weight ratio of the optimizer's steps (compiled ``model``): about 1e-3 is healthy.
+
+    Trains ``burn_in`` steps first (default :func:`burn_in_steps`: until momentum is steady), then takes
+    the median over the next ``steps`` steps of each step's median ratio over the layers' kernels. Batches
+    of ``batch_size`` cycle through ``x``. The first step's ratio is in the details, for comparison.
+    """
     from callbacks import UpdateRatioLogger
 
+    if burn_in is None:
+        burn_in = burn_in_steps(model.optimizer)
+    batch_size = max(1, min(batch_size, len(x)))
+    starts = list(range(0, len(x) - batch_size + 1, batch_size))
     logger = UpdateRatioLogger()
     logger.set_model(model)
-    details = dict(logger.measure_step(lambda: model.train_on_batch(x, y)))
-    ratio = details.get("update_ratio")
-    if ratio is None:
-        return CheckResult("update ratio", SKIP, "no kernels to measure")
-    message = f"update/weight ratio of one step: median {ratio:.1e} (about 1e-3 is healthy)"
+    measured: list[dict[str, float]] = []
+    first = None
+    for step in range(burn_in + steps):
+        start = starts[step % len(starts)]
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        if step == 0 or step >= burn_in:
+            ratios = dict(logger.measure_step(functools.partial(model.train_on_batch, xb, yb)))
+            if "update_ratio" not in ratios:
+                return CheckResult("update ratio", SKIP, "no kernels to measure")
+            if step == 0:
+                first = ratios["update_ratio"]
+            if step >= burn_in:
+                measured.append(ratios)
+        else:
+            model.train_on_batch(xb, yb)
+    details = {key: float(np.median([m[key] for m in measured])) for key in measured[0]}
+    details.update({"first_step_update_ratio": first, "burn_in_steps": burn_in, "measured_steps": steps})
+    ratio = details["update_ratio"]
+    message = (
+        f"update/weight ratio after {burn_in} burn-in steps: median {ratio:.1e} over {steps} steps "
+        f"(first step {first:.1e}; about 1e-3 is healthy)"
+    )
     if 1e-4 <= ratio <= 1e-2:
         return CheckResult("update ratio", PASS, message, details)
     advice = (

@@ -2,8 +2,9 @@
 
 ``model.activation`` and ``model.init`` make the lecture's comparisons one override away, for example
 ``python cli.py run recipe=mlp model.activation=tanh model.init=small_random`` shows activations
-collapsing, and ``model.activation=maxout`` trains Maxout units. ``mlp_dropconnect`` replaces each hidden
-Dense layer with ``layers.DropConnect``.
+collapsing, and ``model.activation=maxout`` trains Maxout units. ``model.init=auto`` (the default) follows
+the notes: Xavier for tanh and sigmoid (and maxout), He for the ReLU family. ``mlp_dropconnect`` replaces
+each hidden Dense layer with ``layers.DropConnect``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,31 @@ from dataclasses import dataclass, field
 
 import keras
 
-from recipes.config import BaseConfig, DataConfig, OptimizerConfig, ScheduleConfig, TrainerConfig, spec
+from recipes.config import (
+    BaseConfig,
+    DataConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainerConfig,
+    kernel_l1,
+    kernel_l2,
+    kernel_max_norm,
+    spec,
+)
 from recipes.registry import register_recipe
 
 ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "tanh", "sigmoid", "maxout")
-INITS = ("small_random", "xavier", "he")
+INITS = ("auto", "small_random", "xavier", "he")
+# model.init=auto: Xavier (Glorot) keeps the scale of a layer whose nonlinearity has slope 1 at zero and
+# is odd (tanh; sigmoid, as near as it gets); He doubles the variance for the ReLU family, which zeroes half
+# of its inputs. A 2-piece maxout unit keeps the second moment of its (Gaussian) pre-activations, as tanh
+# does near zero, so it gets Xavier too: He would double the scale at every layer.
+XAVIER_ACTIVATIONS = ("tanh", "sigmoid", "maxout")
+# What the search leaves out unless space.model.activation=... / space.model.init=... asks for it: the notes
+# advise against sigmoid (saturates, not zero-centred) and small random weights (activations collapse with
+# depth); auto pairs each activation with its init, so xavier and he would only add mismatched pairs.
+SEARCH_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "sigmoid")
+SEARCH_INITS = ("auto",)
 
 
 @dataclass
@@ -25,11 +46,17 @@ class MLPModelConfig:
     width: int = spec(512, "units per hidden layer", min=1, max=65_536)
     activation: str = spec("relu", "hidden nonlinearity", choices=ACTIVATIONS)
     init: str = spec(
-        "he", "weights: small_random (N(0, 0.01^2)), xavier (Glorot normal), he (He normal)", choices=INITS
+        "auto",
+        "hidden weights: auto (xavier for tanh, sigmoid and maxout; he for the ReLU family), "
+        "small_random (N(0, 0.01^2)), xavier (Glorot normal), he (He normal)",
+        choices=INITS,
     )
     maxout_pieces: int = spec(2, "pieces per Maxout unit (activation=maxout)", min=2, max=64)
     dropout: float = spec(0.0, "dropout after each hidden layer", min=0.0, max=0.95)
     batch_norm: bool = spec(False, "batch normalisation before each hidden nonlinearity")
+    l1: float = kernel_l1()
+    l2: float = kernel_l2()
+    max_norm: float = kernel_max_norm()
 
 
 @dataclass
@@ -67,7 +94,12 @@ class MLPDropConnectConfig(MLPConfig):
     model: DropConnectModelConfig = field(default_factory=DropConnectModelConfig)
 
 
-def initializer(name: str, seed: int | None = None) -> keras.initializers.Initializer:
+def initializer(
+    name: str, seed: int | None = None, activation: str = "relu"
+) -> keras.initializers.Initializer:
+    """The hidden layers' kernel initializer; ``auto`` picks by ``activation`` (``XAVIER_ACTIVATIONS``)."""
+    if name == "auto":
+        name = "xavier" if activation in XAVIER_ACTIVATIONS else "he"
     if name == "small_random":
         return keras.initializers.RandomNormal(stddev=0.01, seed=seed)
     if name == "xavier":
@@ -93,7 +125,7 @@ def build_mlp(cfg, stats: dict, *, drop_rate: float | None = None) -> keras.Mode
     x = keras.layers.Normalization(mean=stats["mean"], variance=stats["variance"], name="normalize")(inputs)
     x = keras.layers.Flatten(name="flatten")(x)
     for i in range(1, m.depth + 1):
-        init = initializer(m.init)
+        init = initializer(m.init, activation=m.activation)
         if m.activation == "maxout":
             x = Maxout(m.width, pieces=m.maxout_pieces, kernel_initializer=init, name=f"maxout{i}")(x)
         else:
@@ -114,15 +146,19 @@ def build_mlp(cfg, stats: dict, *, drop_rate: float | None = None) -> keras.Mode
 
 
 def search_space(hp) -> dict:
-    """keras-tuner hyperparameters over the mlp's own config keys (rates on a log scale)."""
+    """keras-tuner hyperparameters over the mlp's own config keys (rates on a log scale).
+
+    Leaves out sigmoid and the other inits (``SEARCH_ACTIVATIONS``, ``SEARCH_INITS``); a search brings any
+    value of the key back with ``space.model.activation=relu,sigmoid`` or ``space.model.init=auto,he``.
+    """
     return {
         "optimizer.lr": hp.Float("optimizer.lr", 1e-4, 1e-1, sampling="log", default=0.01),
         "optimizer.weight_decay": hp.Float(
             "optimizer.weight_decay", 1e-6, 1e-2, sampling="log", default=1e-4
         ),
         "optimizer.momentum": hp.Float("optimizer.momentum", 0.5, 0.95, default=0.9),
-        "model.activation": hp.Choice("model.activation", list(ACTIVATIONS), default="relu"),
-        "model.init": hp.Choice("model.init", list(INITS), default="he"),
+        "model.activation": hp.Choice("model.activation", list(SEARCH_ACTIVATIONS), default="relu"),
+        "model.init": hp.Choice("model.init", list(SEARCH_INITS), default="auto"),
         "model.dropout": hp.Float("model.dropout", 0.0, 0.5, default=0.0),
     }
 
