@@ -287,13 +287,8 @@ def _whole_run(out) -> None:
     assert not [p for p in out.rglob(".*") if p.name != LOCK_NAME]
 
 
-@pytest.mark.parametrize(
-    "site",
-    ["epoch-002.keras:1", "state.json:2", "history.csv:2", "loss.png:1", "metrics.json:1", "model.keras:1"],
-)
-def test_a_kill_at_each_write_site_resumes_or_completes_whole(tmp_path, site):
-    out = tmp_path / "run"
-    args = [*RUN, f"trainer.out_dir={out}"]
+def _killed_at_write(site: str, args: list[str]) -> None:
+    """``cli.py ARGS`` in a process that SIGKILLs itself in the write ``site`` (NAME:N) names."""
     killed = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "kill_points.py"), "write", site, *args],
         cwd=ROOT,
@@ -302,6 +297,16 @@ def test_a_kill_at_each_write_site_resumes_or_completes_whole(tmp_path, site):
         timeout=240,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "site",
+    ["epoch-002.keras:1", "state.json:2", "history.csv:2", "loss.png:1", "metrics.json:1", "model.keras:1"],
+)
+def test_a_kill_at_each_write_site_resumes_or_completes_whole(tmp_path, site):
+    out = tmp_path / "run"
+    args = [*RUN, f"trainer.out_dir={out}"]
+    _killed_at_write(site, args)
     assert cli.main(args) == 0
     _whole_run(out)
 
@@ -320,14 +325,7 @@ def test_a_kill_at_a_write_of_the_tuners_state_resumes_the_search_whole(tmp_path
         "trainer.epochs=1",
         f"trainer.out_dir={out}",
     ]
-    killed = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "kill_points.py"), "write", site, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    _killed_at_write(site, args)
     assert cli.main(args) == 0
     for path in (out / "tuner").rglob("*.json"):
         json.loads(path.read_text())  # every state file whole

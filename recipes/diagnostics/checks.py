@@ -84,19 +84,8 @@ def check_initial_loss(
     model is left as it was (every weight, moving statistics included, is restored).
     """
     expected = math.log(num_classes)
-    snapshot = model.get_weights()
     classifier = classifier_layer(model)
-    try:
-        outputs = keras.ops.convert_to_numpy(model(x, training=True))
-        probe = None
-        if classifier is not None:
-            shape = tuple(classifier.kernel.shape)
-            std = RANDOM_CLASSIFIER_GAIN / math.sqrt(math.prod(shape[:-1]))
-            rng = np.random.default_rng(RANDOM_CLASSIFIER_SEED)
-            classifier.kernel.assign(rng.normal(0.0, std, shape).astype(classifier.kernel.dtype))
-            probe = keras.ops.convert_to_numpy(model(x, training=True))
-    finally:
-        model.set_weights(snapshot)
+    outputs, probe = _outputs_as_built_and_with_a_random_classifier(model, classifier, x)
     value = float(keras.ops.convert_to_numpy(loss(y, outputs)))
     details = {"initial_loss": value, "expected": expected}
     message = f"{value:.2f} (expected {expected:.2f} for {num_classes} classes)"
@@ -135,29 +124,65 @@ def check_initial_loss(
             "weights are probably too large (scale them down), or the loss is set up wrong."
         )
     if probe is not None:
-        probed = float(keras.ops.convert_to_numpy(loss(y, probe)))
-        spread = float(np.sqrt(np.mean(np.var(probe.astype(np.float64), axis=-1))))
-        details.update(
-            {
-                "classifier": classifier.name,
-                "initial_loss_random_classifier": probed,
-                "logit_std_random_classifier": spread,
-            }
+        probe_status, note, probe_advice = _random_classifier_verdict(
+            loss, y, probe, classifier.name, expected, tolerance, details
         )
-        message += f"; {probed:.2f} with a random classifier (logit std {spread:.2g})"
-        probe_status = _loss_status(probed, expected, tolerance) if math.isfinite(probed) else FAIL
-        if probe_status != PASS:
-            advice.append(
-                f"with a random classifier ('{classifier.name}', "
-                f"std {RANDOM_CLASSIFIER_GAIN:g}/sqrt(fan_in)) "
-                f"the logits have std {spread:.2g}, where hidden outputs of unit scale give about "
-                f"{RANDOM_CLASSIFIER_GAIN:g}: the hidden layers' outputs are about "
-                f"{spread / RANDOM_CLASSIFIER_GAIN:.3g}x too large (a zero-initialised classifier hides "
-                "this until the first step). Check the hidden layers' initialisation (He for ReLU, Xavier "
-                "for tanh: model.init=auto) and the input normalisation."
-            )
+        message += note
+        advice += probe_advice
         status = _worst(status, probe_status)
     return CheckResult("initial loss", status, message, details, " ".join(advice))
+
+
+def _outputs_as_built_and_with_a_random_classifier(
+    model, classifier, x
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's outputs on ``x``, and (when it has a classifier) those with the classifier's kernel
+    replaced by a seeded random one of std ``RANDOM_CLASSIFIER_GAIN / sqrt(fan_in)``. Every weight, moving
+    statistics included, is restored after."""
+    snapshot = model.get_weights()
+    try:
+        outputs = keras.ops.convert_to_numpy(model(x, training=True))
+        if classifier is None:
+            return outputs, None
+        shape = tuple(classifier.kernel.shape)
+        std = RANDOM_CLASSIFIER_GAIN / math.sqrt(math.prod(shape[:-1]))
+        rng = np.random.default_rng(RANDOM_CLASSIFIER_SEED)
+        classifier.kernel.assign(rng.normal(0.0, std, shape).astype(classifier.kernel.dtype))
+        return outputs, keras.ops.convert_to_numpy(model(x, training=True))
+    finally:
+        model.set_weights(snapshot)
+
+
+def _random_classifier_verdict(
+    loss, y, probe: np.ndarray, name: str, expected: float, tolerance: float, details: dict
+) -> tuple[str, str, list[str]]:
+    """Status, message addition and advice of the loss with a random classifier (``details`` gains its
+    figures): far above ln(C) means the hidden layers' outputs are badly scaled."""
+    probed = float(keras.ops.convert_to_numpy(loss(y, probe)))
+    spread = float(np.sqrt(np.mean(np.var(probe.astype(np.float64), axis=-1))))
+    details.update(
+        {
+            "classifier": name,
+            "initial_loss_random_classifier": probed,
+            "logit_std_random_classifier": spread,
+        }
+    )
+    note = f"; {probed:.2f} with a random classifier (logit std {spread:.2g})"
+    status = _loss_status(probed, expected, tolerance) if math.isfinite(probed) else FAIL
+    if status == PASS:
+        return status, note, []
+    return (
+        status,
+        note,
+        [
+            f"with a random classifier ('{name}', std {RANDOM_CLASSIFIER_GAIN:g}/sqrt(fan_in)) "
+            f"the logits have std {spread:.2g}, where hidden outputs of unit scale give about "
+            f"{RANDOM_CLASSIFIER_GAIN:g}: the hidden layers' outputs are about "
+            f"{spread / RANDOM_CLASSIFIER_GAIN:.3g}x too large (a zero-initialised classifier hides "
+            "this until the first step). Check the hidden layers' initialisation (He for ReLU, Xavier "
+            "for tanh: model.init=auto) and the input normalisation."
+        ],
+    )
 
 
 # --------------------------------------------------------------------------------------------------
