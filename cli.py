@@ -52,7 +52,8 @@ VERBS = {
     "show": "print the resolved config of a recipe with overrides, as YAML",
     "tune": "keras-tuner search: tuner=random|grid|bayesian|hyperband|coarse_to_fine tune.max_trials=N",
     "check": "run the babysitting checklist (initial loss, overfit, learning rate, gradients, activations)",
-    "ensemble": "average finished runs' predictions on the test set: python cli.py ensemble DIR DIR ...",
+    "ensemble": "average models' predictions on the test set: python cli.py ensemble DIR DIR ... "
+    "(a run's best epochs: DIR checkpoints=K; a search's best trials: DIR top=K)",
 }
 EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 1
@@ -149,8 +150,9 @@ def cmd_run(args: list[str]) -> int:
     if m.get("fit_diagnosis"):
         d = m["fit_diagnosis"]
         print(
-            f"fit: {d['diagnosis']} (clean training accuracy {d['train_clean_accuracy']:.4f}, validation "
-            f"{d['val_accuracy']:.4f}, gap {d['gap']:+.4f}): {d['advice']}"
+            f"fit: {d['diagnosis']} (epoch {d['epoch']}: clean training accuracy "
+            f"{d['train_clean_accuracy']:.4f}, validation {d['val_accuracy']:.4f}, gap {d['gap']:+.4f}): "
+            f"{d['advice']}"
         )
     print(f"outputs in {result.out_dir}/")
     return 0

@@ -8,12 +8,18 @@ A leaf library: it imports Keras, NumPy and matplotlib's object API, nothing of 
 from callbacks.activation_stats import ActivationStats
 from callbacks.clean_accuracy import CleanTrainAccuracy, fit_diagnosis
 from callbacks.dead_unit_monitor import DeadUnitMonitor
+from callbacks.ema_validation import (
+    EMAValidation,
+    ema_pairs,
+    recompute_batch_norm,
+    use_averaged_weights,
+)
 from callbacks.first_layer_filters import FirstLayerFilters
 from callbacks.gradient_stats import GradientStats
 from callbacks.learning_rate_logger import LearningRateLogger
 from callbacks.lr_finder import LRFinderResult, find_lr
 from callbacks.nan_guard import NaNGuard, TrainingDiverged
-from callbacks.optimizer_utils import current_learning_rate, unwrap_optimizer
+from callbacks.optimizer_utils import current_learning_rate, learning_rate_rising, unwrap_optimizer
 from callbacks.schedules import (
     DECAYS,
     PlateauDecay,
@@ -32,6 +38,7 @@ __all__ = [
     "ActivationStats",
     "CleanTrainAccuracy",
     "DeadUnitMonitor",
+    "EMAValidation",
     "FirstLayerFilters",
     "GradientStats",
     "LRFinderResult",
@@ -45,10 +52,14 @@ __all__ = [
     "Warmup",
     "current_learning_rate",
     "decay_schedule",
+    "ema_pairs",
     "find_lr",
     "find_schedule",
     "fit_diagnosis",
+    "learning_rate_rising",
+    "recompute_batch_norm",
     "schedule_position",
     "unwrap_optimizer",
+    "use_averaged_weights",
     "warmup_schedule",
 ]

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from callbacks._activations import SATURATING, activation_layers, activation_name
+from callbacks._cadence import MAX_OVERHEAD, EpochCadence, unmeasured
 from callbacks._probe import record_outputs, tracked_layers, warn_unreached
 from callbacks._summary import EpochSummaries
 from callbacks._util import WarnOnce, as_batches, save_figure
@@ -31,8 +32,10 @@ class ActivationStats(keras.callbacks.Callback):
     weights too large, tanh and sigmoid units saturate (outputs pinned at their bounds, gradients near
     zero). Writes ``logs["act_mean/<layer>"]``, ``logs["act_std/<layer>"]`` and, for tanh and sigmoid
     layers, ``logs["saturated/<layer>"]`` (fraction of activations within 1% of the range's ends), every
-    ``every_n_epochs`` epochs. With ``plot_dir`` it also saves ``activations_epoch<N>.png``, one histogram
-    per layer; with ``log_dir``, TensorBoard histograms tagged ``activations/<layer>`` (step = epoch).
+    ``every_n_epochs`` epochs (and of a fit's first), skipping an epoch when measuring would take more than
+    ``max_overhead`` of the training time (see ``EpochCadence``; a skipped epoch's keys are ``NaN``). With
+    ``plot_dir`` it also saves ``activations_epoch<N>.png``, one histogram per layer; with ``log_dir``,
+    TensorBoard histograms tagged ``activations/<layer>`` (step = epoch).
 
     Every layer Keras tracks is searched, nested and subclassed ones included, and measured during one
     eager forward pass of the probe (keys in forward order). It warns once when the model has no
@@ -40,9 +43,11 @@ class ActivationStats(keras.callbacks.Callback):
 
     Args:
         probe_x: inputs, kept fixed so that epochs compare.
-        every_n_epochs: measure every this many epochs (and at the end of epoch 1).
+        every_n_epochs: measure every this many epochs (and at the end of a fit's first epoch).
         plot_dir: folder for histogram plots, or None.
         log_dir: folder for TensorBoard event files, or None.
+        max_overhead: the most of the fit's wall time measuring may take (0.005 = 0.5%), or None to
+            measure at every ``every_n_epochs``-th epoch whatever it costs.
 
     Example:
         >>> model.fit(x, y, callbacks=[ActivationStats(x[:256], plot_dir="runs/acts")])
@@ -54,12 +59,11 @@ class ActivationStats(keras.callbacks.Callback):
         every_n_epochs: int = 1,
         plot_dir: str | Path | None = None,
         log_dir: str | Path | None = None,
+        max_overhead: float | None = MAX_OVERHEAD,
     ):
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be >= 1. Received: every_n_epochs={every_n_epochs}")
+        self.cadence = EpochCadence(every_n_epochs, max_overhead)
         self.probe_batches = as_batches(probe_x)
-        self.every_n_epochs = every_n_epochs
         self.plot_dir = Path(plot_dir) if plot_dir else None
         self.summaries = EpochSummaries(log_dir) if log_dir else None
         self.latest: dict[str, float] = {}
@@ -68,6 +72,7 @@ class ActivationStats(keras.callbacks.Callback):
         self._warn = WarnOnce("ActivationStats")
 
     def on_train_begin(self, logs=None):
+        self.cadence.start()
         self._attach()
 
     def _attach(self) -> None:
@@ -103,13 +108,15 @@ class ActivationStats(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        if epoch % self.every_n_epochs == 0 or epoch == 0:
-            self.measure()
-            if self.plot_dir:
-                self.plot(self.plot_dir / f"activations_epoch{epoch + 1}.png")
-            if self.summaries is not None and self.activations:
-                self.summaries.histograms("activations", self.activations, step=epoch)
+        if not self.cadence.due(epoch):
+            logs.update(unmeasured(self.latest))
+            return
+        self.cadence.timed(self.measure)
         logs.update(self.latest)
+        if self.plot_dir:
+            self.plot(self.plot_dir / f"activations_epoch{epoch + 1}.png")
+        if self.summaries is not None and self.activations:
+            self.summaries.histograms("activations", self.activations, step=epoch)
 
     def on_train_end(self, logs=None):
         if self.summaries is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from callbacks._cadence import MAX_OVERHEAD, EpochCadence, unmeasured
+
 OVERFIT_GAP = 0.10  # train_clean - val above this: the model memorises what it cannot generalise
 FIT_TARGET = 0.90  # share of the accuracy above chance that the training set should reach
 
@@ -95,14 +97,18 @@ class CleanTrainAccuracy(keras.callbacks.Callback):
     ``val_accuracy`` is the generalisation gap (see :func:`fit_diagnosis`). Pass the slice before any
     augmentation of the input pipeline; augmentation layers inside the model are off in inference mode.
     Predictions are scored by argmax, so logits and probabilities both work. Writes
-    ``logs["train_clean_accuracy"]`` every ``every_n_epochs`` epochs (and at the end of epoch 1), the last
-    value in between.
+    ``logs["train_clean_accuracy"]`` at the end of a fit's first and last epochs (the last one feeds
+    :func:`fit_diagnosis`) and of every ``every_n_epochs``-th epoch, skipping an epoch when measuring would
+    take more than ``max_overhead`` of the training time (see ``EpochCadence``); a skipped epoch's value is
+    ``NaN`` (not measured), never a repeat of an old one.
 
     Args:
         x: training inputs (a few thousand examples are plenty; fixed so that epochs compare).
         y: their labels: integers (N,) or (N, 1), or one-hot (N, C).
         every_n_epochs: measure every this many epochs.
         batch_size: prediction batch size.
+        max_overhead: the most of the fit's wall time measuring may take (0.005 = 0.5%), or None to
+            measure at every ``every_n_epochs``-th epoch whatever it costs.
 
     Example:
         >>> clean = CleanTrainAccuracy(x_train[:2000], y_train[:2000])
@@ -111,10 +117,16 @@ class CleanTrainAccuracy(keras.callbacks.Callback):
         ...               chance=0.1)
     """
 
-    def __init__(self, x, y, every_n_epochs: int = 1, batch_size: int = 256):
+    def __init__(
+        self,
+        x,
+        y,
+        every_n_epochs: int = 1,
+        batch_size: int = 256,
+        max_overhead: float | None = MAX_OVERHEAD,
+    ):
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be >= 1. Received: every_n_epochs={every_n_epochs}")
+        self.cadence = EpochCadence(every_n_epochs, max_overhead)
         self.x = np.asarray(x)
         self.labels = class_indices(y)
         if len(self.x) != len(self.labels) or len(self.x) == 0:
@@ -122,7 +134,6 @@ class CleanTrainAccuracy(keras.callbacks.Callback):
                 f"`x` and `y` must hold the same, non-zero number of examples. Received: {len(self.x)} and "
                 f"{len(self.labels)}"
             )
-        self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.latest: dict[str, float] = {}
 
@@ -139,6 +150,12 @@ class CleanTrainAccuracy(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        if epoch % self.every_n_epochs == 0 or epoch == 0:
-            self.latest = {"train_clean_accuracy": self.measure()}
-        logs.update(self.latest)
+        last = epoch == (self.params or {}).get("epochs", 0) - 1
+        if self.cadence.due(epoch, force=last):
+            self.latest = {"train_clean_accuracy": self.cadence.timed(self.measure)}
+            logs.update(self.latest)
+        else:
+            logs.update(unmeasured(self.latest))
+
+    def on_train_begin(self, logs=None):
+        self.cadence.start()

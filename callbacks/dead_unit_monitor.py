@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from callbacks._activations import RELU_FAMILY, activation_layers
+from callbacks._cadence import MAX_OVERHEAD, EpochCadence, unmeasured
 from callbacks._probe import record_outputs, tracked_layers, warn_unreached
 from callbacks._util import WarnOnce, as_batches
 
@@ -27,7 +28,10 @@ class DeadUnitMonitor(keras.callbacks.Callback):
     A unit is a neuron of a Dense layer or a channel of a conv layer; it is dead when its output is zero
     at every position for every probe example (inference mode). Writes ``logs["dead_fraction/<layer>"]``
     for each ReLU layer (``ReLU`` layers and layers built with ``activation="relu"``) and
-    ``logs["dead_fraction"]`` over all of them, every ``every_n_epochs`` epochs.
+    ``logs["dead_fraction"]`` over all of them, at the end of the first epoch of a fit and of every
+    ``every_n_epochs``-th epoch, skipping an epoch when measuring would take more than ``max_overhead`` of
+    the training time (see ``EpochCadence``); a skipped epoch's keys are ``NaN`` (not measured), never a
+    repeat of an old value.
 
     Every layer Keras tracks is searched: top-level ones, those inside custom layers and nested
     Sequential/functional models, and those of subclassed models. Their outputs are recorded during one
@@ -37,27 +41,34 @@ class DeadUnitMonitor(keras.callbacks.Callback):
 
     Args:
         probe_x: inputs (a few hundred training images is plenty); kept fixed so epochs compare.
-        every_n_epochs: measure every this many epochs (and at the end of epoch 1).
+        every_n_epochs: measure every this many epochs (and at the end of a fit's first epoch).
         warn_above: warn when a layer's dead fraction passes this.
+        max_overhead: the most of the fit's wall time measuring may take (0.005 = 0.5%), or None to
+            measure at every ``every_n_epochs``-th epoch whatever it costs.
 
     Example:
         >>> model.fit(x, y, callbacks=[DeadUnitMonitor(x[:256])])
     """
 
-    def __init__(self, probe_x, every_n_epochs: int = 1, warn_above: float = 0.5):
+    def __init__(
+        self,
+        probe_x,
+        every_n_epochs: int = 1,
+        warn_above: float = 0.5,
+        max_overhead: float | None = MAX_OVERHEAD,
+    ):
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be >= 1. Received: every_n_epochs={every_n_epochs}")
+        self.cadence = EpochCadence(every_n_epochs, max_overhead)
         if not 0.0 <= warn_above <= 1.0:
             raise ValueError(f"`warn_above` must be in [0, 1]. Received: warn_above={warn_above}")
         self.probe_batches = as_batches(probe_x)
-        self.every_n_epochs = every_n_epochs
         self.warn_above = warn_above
         self.latest: dict[str, float] = {}
         self._layers: list = []
         self._warn = WarnOnce("DeadUnitMonitor")
 
     def on_train_begin(self, logs=None):
+        self.cadence.start()
         self._layers = activation_layers(self.model, RELU_FAMILY)
         if not self._layers:
             self._warn(
@@ -84,10 +95,10 @@ class DeadUnitMonitor(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        if epoch % self.every_n_epochs and epoch != 0:
-            logs.update(self.latest)  # keep the columns stable for CSVLogger
+        if not self.cadence.due(epoch):
+            logs.update(unmeasured(self.latest))  # the columns stay (CSVLogger), the values are not stale
             return
-        self.latest = self.measure()
+        self.latest = self.cadence.timed(self.measure)
         logs.update(self.latest)
         for key, fraction in self.latest.items():
             if key.startswith("dead_fraction/") and fraction > self.warn_above:

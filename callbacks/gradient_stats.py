@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from callbacks._cadence import MAX_OVERHEAD, EpochCadence, unmeasured
 from callbacks._probe import CallRecorder, tracked_layers, unique_names, warn_unreached
 from callbacks._summary import EpochSummaries
 from callbacks._util import WarnOnce, as_batches
@@ -24,10 +25,14 @@ def _own_trainable(layer) -> list:
 class GradientStats(keras.callbacks.Callback):
     """L2 norm of the compiled loss's gradient for every layer with trainable weights, on a fixed probe.
 
-    At the end of every ``every_n_epochs``-th epoch (and of epoch 1) one ``tf.GradientTape`` pass runs the
-    probe through the model in inference mode (no dropout; batch norm uses, and does not update, its moving
+    At the end of a fit's first epoch and of every ``every_n_epochs``-th epoch (skipping one when measuring
+    would take more than ``max_overhead`` of the training time; see ``EpochCadence``: a skipped epoch's
+    keys are ``NaN``, not a repeat) one ``tf.GradientTape`` pass runs the probe through the model in
+    inference mode (no dropout; batch norm uses, and does not update, its moving
     statistics), computes ``model.compute_loss`` (the compiled loss plus regularisation losses, as a
-    training step does, averaged over the whole probe) and its gradient. No batch hook is used. Writes:
+    training step does, averaged over the whole probe) and its gradient. The first measurement runs eagerly,
+    to find the forward order of every layer, nested ones included; later ones run as one compiled
+    ``tf.function``. No batch hook is used. Writes:
 
     - ``logs["grad_norm/<layer>"]``: the L2 norm over all the gradients of that layer's own trainable
       weights (kernel and bias together), for every layer Keras tracks that has some, nested ones
@@ -49,10 +54,12 @@ class GradientStats(keras.callbacks.Callback):
     Args:
         probe_x: inputs of the probe (a few hundred training examples; kept fixed so epochs compare).
         probe_y: their targets, in the form the compiled loss expects.
-        every_n_epochs: measure every this many epochs (and at the end of epoch 1).
+        every_n_epochs: measure every this many epochs (and at the end of a fit's first epoch).
         healthy_ratio: ``(low, high)`` band for ``grad_norm_ratio`` outside which it warns.
         log_dir: folder for TensorBoard event files, or None.
         batch_size: the probe is run in chunks of this many examples (the gradient is the same).
+        max_overhead: the most of the fit's wall time measuring may take (0.005 = 0.5%), or None to
+            measure at every ``every_n_epochs``-th epoch whatever it costs.
 
     Example:
         >>> model.fit(x, y, callbacks=[GradientStats(x[:256], y[:256], log_dir="runs/a/tb/monitors")])
@@ -69,10 +76,10 @@ class GradientStats(keras.callbacks.Callback):
         healthy_ratio: tuple[float, float] = HEALTHY_RATIO,
         log_dir: str | Path | None = None,
         batch_size: int = 256,
+        max_overhead: float | None = MAX_OVERHEAD,
     ):
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be >= 1. Received: every_n_epochs={every_n_epochs}")
+        self.cadence = EpochCadence(every_n_epochs, max_overhead)
         low, high = healthy_ratio
         if not 0 < low < 1 < high:
             raise ValueError(
@@ -86,18 +93,16 @@ class GradientStats(keras.callbacks.Callback):
         self.x_batches = as_batches(probe_x, batch_size)
         self.y_batches = as_batches(probe_y, batch_size)
         self.count = len(probe_x)
-        self.every_n_epochs = every_n_epochs
         self.healthy_ratio = (float(low), float(high))
         self.summaries = EpochSummaries(log_dir) if log_dir else None
         self.latest: dict[str, float] = {}
         self.gradients: dict[str, np.ndarray] = {}  # flattened gradient values per layer, last measurement
         self._warn = WarnOnce("GradientStats")
+        self._compiled: tuple | None = None  # (model, variable ids, forward order, gradient function)
 
     def measure(self) -> dict[str, float]:
         """Gradient norms per layer and their last/first ratio on the probe, now (call ``set_model``
         first, with a compiled model)."""
-        import tensorflow as tf
-
         model = self.model
         if getattr(model, "loss", None) is None:
             raise ValueError(
@@ -110,18 +115,18 @@ class GradientStats(keras.callbacks.Callback):
             )
             return {}
         variables = [v for layer in owners for v in _own_trainable(layer)]
+        key = (model, tuple(id(v) for v in variables))
+        if self._compiled is not None and self._compiled[:2] == key:
+            reached, gradients = self._compiled[2:]
+        else:
+            reached, gradients = self._trace_order(owners, variables), _gradient_function(model, variables)
+            warn_unreached(self._warn, owners, reached)
+            self._compiled = (*key, reached, gradients)
         total = [np.zeros(tuple(v.shape), np.float64) for v in variables]
-        with CallRecorder(owners, keep_outputs=False) as recorder:
-            for x, y in zip(self.x_batches, self.y_batches):
-                with tf.GradientTape() as tape:
-                    y_pred = model(x, training=False)
-                    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
-                    loss = loss * (len(x) / self.count)  # chunks add up to the whole probe's mean loss
-                for acc, grad in zip(total, tape.gradient(loss, variables)):
-                    if grad is not None:  # None: the variable did not reach the loss, a zero gradient
-                        acc += keras.ops.convert_to_numpy(tf.convert_to_tensor(grad)).astype(np.float64)
-        reached = recorder.order
-        warn_unreached(self._warn, owners, reached)
+        for x, y in zip(self.x_batches, self.y_batches):
+            weight = np.float32(len(x) / self.count)  # chunks add up to the whole probe's mean loss
+            for acc, grad in zip(total, gradients(x, y, weight)):
+                acc += keras.ops.convert_to_numpy(grad).astype(np.float64)
         grads_of = {id(v): g for v, g in zip(variables, total)}
         values: dict[str, float] = {}
         self.gradients = {}
@@ -137,6 +142,12 @@ class GradientStats(keras.callbacks.Callback):
             values["grad_norm_ratio"] = last / first if first > 0 else (math.inf if last > 0 else 1.0)
         self.latest = values
         return values
+
+    def _trace_order(self, owners: list, variables: list) -> list:
+        """The layers of ``owners`` one eager forward pass reaches, in the order it first calls them."""
+        with CallRecorder(owners, keep_outputs=False) as recorder:
+            self.model(self.x_batches[0], training=False)
+        return recorder.order
 
     def _check(self, epoch: int) -> None:
         norms = [v for k, v in self.latest.items() if k.startswith("grad_norm/")]
@@ -168,13 +179,38 @@ class GradientStats(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        if epoch % self.every_n_epochs == 0 or epoch == 0:
-            self.measure()
-            self._check(epoch)
-            if self.summaries is not None and self.gradients:
-                self.summaries.histograms("gradients", self.gradients, step=epoch)
+        if not self.cadence.due(epoch):
+            logs.update(unmeasured(self.latest))
+            return
+        self.cadence.timed(self.measure)
         logs.update(self.latest)
+        self._check(epoch)
+        if self.summaries is not None and self.gradients:
+            self.summaries.histograms("gradients", self.gradients, step=epoch)
+
+    def on_train_begin(self, logs=None):
+        self.cadence.start()
 
     def on_train_end(self, logs=None):
         if self.summaries is not None:
             self.summaries.close()
+
+
+def _gradient_function(model, variables: list):
+    """A compiled ``(x, y, weight) -> gradients of weight * loss`` for ``variables`` (zeros where a variable
+    does not reach the loss), the loss as ``model.compute_loss`` gives it in inference mode."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def gradients(x, y, weight):
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=False)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+            loss = loss * tf.cast(weight, loss.dtype)
+        grads = tape.gradient(loss, variables)
+        return [
+            tf.zeros(tuple(v.shape), v.dtype) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, variables)
+        ]
+
+    return gradients

@@ -9,6 +9,7 @@ import warnings
 import keras
 import numpy as np
 
+from callbacks.ema_validation import ema_pairs
 from callbacks.optimizer_utils import current_learning_rate
 
 
@@ -22,8 +23,9 @@ class NaNGuard(keras.callbacks.Callback):
     still is (a huge learning rate overflows them in one step, and a batch loss is measured before its
     step): the weights are checked after the run's first step, at every snapshot and at each epoch end.
     It then restores the newest weight snapshot that is finite (snapshots are taken every
-    ``snapshot_every_n_steps`` steps, so at most that many steps are lost), records where and why it
-    stopped in :attr:`stop_info`, and warns with advice.
+    ``snapshot_every_n_steps`` steps, so at most that many steps are lost; they include the optimizer's
+    moving averages of the weights under ``use_ema``, which ``fit`` puts in the model when it stops),
+    records where and why it stopped in :attr:`stop_info`, and warns with advice.
 
     Unlike Keras's ``TerminateOnNaN`` it also keeps ``BackupAndRestore`` from deleting the last good
     backup when it stops the run (keras#21771), so the run can be resumed after fixing the cause.
@@ -70,7 +72,7 @@ class NaNGuard(keras.callbacks.Callback):
         self.stop_info = None
         self.initial_loss = None
         self._steps = 0
-        self._snapshots = [self.model.get_weights()]
+        self._snapshots = [self._snapshot()]
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -100,7 +102,7 @@ class NaNGuard(keras.callbacks.Callback):
         elif (
             first_step or self._steps % self.snapshot_every_n_steps < count - seen
         ):  # crossed a multiple of N
-            weights = self.model.get_weights()
+            weights = self._snapshot()
             if _all_finite(weights):
                 self._snapshots = [self._snapshots[-1], weights]
             else:
@@ -116,7 +118,7 @@ class NaNGuard(keras.callbacks.Callback):
         restored = False
         for weights in reversed(self._snapshots):
             if _all_finite(weights):
-                self.model.set_weights(weights)
+                self._restore(weights)
                 restored = True
                 break
         lr = current_learning_rate(self.model.optimizer)
@@ -148,6 +150,22 @@ class NaNGuard(keras.callbacks.Callback):
         warnings.warn(f"NaNGuard stopped training: {advice}", stacklevel=2)
         if self.raise_error:
             raise TrainingDiverged(advice)
+
+    def _snapshot(self) -> list[np.ndarray]:
+        """The model's weights, then the optimizer's averages of them (``use_ema``) once it has any: fit
+        ends by copying the averages into the model, so they are restored with the weights."""
+        averages = [keras.ops.convert_to_numpy(a) for _, a in ema_pairs(self.model.optimizer)]
+        return self.model.get_weights() + averages
+
+    def _restore(self, snapshot: list[np.ndarray]) -> None:
+        count = len(self.model.weights)
+        self.model.set_weights(snapshot[:count])
+        pairs = ema_pairs(self.model.optimizer)
+        averages = snapshot[count:]
+        if len(averages) != len(pairs):  # taken before the first step built the optimizer: none yet
+            averages = [keras.ops.convert_to_numpy(variable) for variable, _ in pairs]
+        for (_, average), value in zip(pairs, averages):
+            average.assign(value)
 
     def _protect_backups(self) -> None:
         """Keep ``BackupAndRestore`` callbacks of this model from deleting their backup at train end."""

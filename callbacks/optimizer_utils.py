@@ -24,3 +24,15 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer, *, last_step: b
             step = max(0, step - 1)
         return float(keras.ops.convert_to_numpy(schedule(step)))
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def learning_rate_rising(optimizer: keras.optimizers.Optimizer) -> bool:
+    """Whether the schedule's rate for the next step is below the one after it: a warmup (or any ramp up)
+    is under way. A constant rate is not rising."""
+    optimizer = unwrap_optimizer(optimizer)
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return False
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    now, after = (float(keras.ops.convert_to_numpy(schedule(s))) for s in (step, step + 1))
+    return after > now

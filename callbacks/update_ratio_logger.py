@@ -7,7 +7,8 @@ import warnings
 import keras
 import numpy as np
 
-from callbacks.optimizer_utils import current_learning_rate
+from callbacks._cadence import unmeasured
+from callbacks.optimizer_utils import current_learning_rate, learning_rate_rising
 
 ANNEALED = 0.1  # a learning rate below this fraction of the run's peak: the schedule's decay tail
 
@@ -15,37 +16,51 @@ ANNEALED = 0.1  # a learning rate below this fraction of the run's peak: the sch
 class UpdateRatioLogger(keras.callbacks.Callback):
     """``||W_after - W_before|| / ||W_before||`` over one optimizer step, for every layer's kernels.
 
-    Every ``every_n_steps`` steps the kernels (trainable weights of rank >= 2) are copied before a step and
-    compared after it. Biases and batch-norm parameters are left out: they start at zero or one, which
-    makes the ratio meaningless. Writes ``logs["update_ratio/<layer>"]`` (the last measurement) and
-    ``logs["update_ratio"]`` (their median) at each epoch end, and warns once when the median leaves
-    ``healthy_range`` (around 1e-3 is healthy: much lower and learning is too slow, much higher and it is
-    unstable). A low ratio while the learning rate has decayed below a tenth of its peak so far is the
-    schedule annealing, as intended, and gets no warning. Only ``on_train_batch_begin`` is used, so Keras
-    keeps its asynchronous batch-end dispatch.
+    The kernels (trainable weights of rank >= 2, nested layers' included) are copied before a step and
+    compared after it: once per epoch, over the epoch's last step (or its second when the number of steps
+    per epoch is unknown), and, with ``every_n_steps``, also over steps 1, n+1, 2n+1, ... Biases and
+    batch-norm parameters are left out: they start at zero or one, which makes the ratio meaningless.
+    At each epoch end it writes ``logs["update_ratio/<layer>"]`` and ``logs["update_ratio"]`` (the median
+    over layers), each the median of that epoch's measurements: never a value measured in an earlier
+    epoch (an epoch that measured nothing gets ``NaN``).
+
+    It warns once when the median leaves ``healthy_range`` (around 1e-3 is healthy: much lower and
+    learning is too slow, much higher and it is unstable), except while the learning rate is still rising
+    at the measured step (a warmup: the ratio grows with it) and, for a low ratio, while the rate has
+    decayed below a tenth of its peak so far (the schedule annealing, as intended). Only
+    ``on_train_batch_begin`` is used among the batch hooks, so Keras keeps its asynchronous batch-end
+    dispatch; a measurement costs two copies of the kernels.
 
     Args:
-        every_n_steps: steps between measurements, taken over steps 1, n+1, 2n+1, ... (step 0 is
-            skipped: a warmup starts at a rate of zero).
+        every_n_steps: also measure every this many steps (None: once per epoch).
         healthy_range: ``(low, high)`` bounds of the median outside which it warns.
 
     Example:
-        >>> model.fit(x, y, callbacks=[UpdateRatioLogger(every_n_steps=100)])
+        >>> model.fit(x, y, callbacks=[UpdateRatioLogger()])
     """
 
-    def __init__(self, every_n_steps: int = 100, healthy_range: tuple[float, float] = (1e-4, 1e-2)):
+    def __init__(self, every_n_steps: int | None = None, healthy_range: tuple[float, float] = (1e-4, 1e-2)):
         super().__init__()
-        if every_n_steps < 1:
-            raise ValueError(f"`every_n_steps` must be >= 1. Received: every_n_steps={every_n_steps}")
+        if every_n_steps is not None and (int(every_n_steps) != every_n_steps or every_n_steps < 1):
+            raise ValueError(
+                f"`every_n_steps` must be an integer >= 1 or None. Received: every_n_steps={every_n_steps}"
+            )
+        low, high = healthy_range
+        if not 0 < low < high:
+            raise ValueError(
+                f"`healthy_range` must be (low, high) with 0 < low < high. Received: {healthy_range}"
+            )
         self.every_n_steps = every_n_steps
-        self.healthy_range = tuple(healthy_range)
+        self.healthy_range = (float(low), float(high))
         self.latest: dict[str, float] = {}
         self._kernels: dict[str, list] = {}
         self._before: dict[str, list[np.ndarray]] | None = None
+        self._epoch: list[dict[str, float]] = []  # this epoch's measurements
         self._step = 0
         self._warned = False
         self._peak_lr = 0.0
         self._measured_lr = 0.0
+        self._warming_up = False
 
     def on_train_begin(self, logs=None):
         self._collect_kernels()
@@ -60,7 +75,7 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         self._collect_kernels()
         self._before = self._snapshot()
         step()
-        self._finish()
+        self.latest = self._finish() or self.latest
         return self.latest
 
     def _collect_kernels(self) -> None:
@@ -76,10 +91,10 @@ class UpdateRatioLogger(keras.callbacks.Callback):
             for name, ws in self._kernels.items()
         }
 
-    def _finish(self) -> None:
-        """Compare the kernels with the snapshot taken one step ago."""
+    def _finish(self) -> dict[str, float]:
+        """The ratios against the snapshot taken one step ago ({} when there is none)."""
         if self._before is None:
-            return
+            return {}
         after = self._snapshot()
         ratios = {}
         for name, old in self._before.items():
@@ -90,32 +105,55 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         self._before = None
         if ratios:
             ratios["update_ratio"] = float(np.median(list(ratios.values())))
-            self.latest = ratios
+        return ratios
+
+    def _due(self, batch: int) -> bool:
+        steps = (self.params or {}).get("steps")
+        once_per_epoch = batch == steps - 1 if steps else batch == 1
+        n = self.every_n_steps
+        return once_per_epoch or (n is not None and self._step % n == 1 % n)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = []
+        self._warming_up = False
 
     def on_train_batch_begin(self, batch, logs=None):
         # Measuring in the begin hook only: the previous step has finished, and Keras still dispatches
         # batch-end hooks asynchronously since this callback does not override them.
         if self._before is not None:
-            self._finish()
-        if self._step % self.every_n_steps == 1 % self.every_n_steps:
+            self._keep(self._finish())
+        if self._due(batch):
             self._before = self._snapshot()
             self._measured_lr = current_learning_rate(self.model.optimizer, last_step=False)
             self._peak_lr = max(self._peak_lr, self._measured_lr)
+            self._warming_up = self._warming_up or learning_rate_rising(self.model.optimizer)
         self._step += 1
 
+    def _keep(self, ratios: dict[str, float]) -> None:
+        if ratios:
+            self._epoch.append(ratios)
+
     def on_epoch_end(self, epoch, logs=None):
-        self._finish()
-        if logs is None or not self.latest:
+        self._keep(self._finish())
+        logs = logs if logs is not None else {}
+        if not self._epoch:
+            logs.update(unmeasured(self.latest))
             return
+        self.latest = {
+            key: float(np.median([m[key] for m in self._epoch if key in m])) for key in self._epoch[-1]
+        }
         logs.update(self.latest)
-        median = self.latest["update_ratio"]
+        self._check(self.latest["update_ratio"])
+
+    def _check(self, median: float) -> None:
         low, high = self.healthy_range
         annealing = median < low and self._measured_lr < ANNEALED * self._peak_lr
-        if not self._warned and not low <= median <= high and not annealing:
-            self._warned = True
-            advice = "raise the learning rate" if median < low else "lower the learning rate"
-            warnings.warn(
-                f"UpdateRatioLogger: median update/weight ratio {median:.1e} is outside "
-                f"{low:.0e}..{high:.0e} (about 1e-3 is healthy): {advice}.",
-                stacklevel=2,
-            )
+        if self._warned or low <= median <= high or annealing or self._warming_up:
+            return
+        self._warned = True
+        advice = "raise the learning rate" if median < low else "lower the learning rate"
+        warnings.warn(
+            f"UpdateRatioLogger: median update/weight ratio {median:.1e} is outside "
+            f"{low:.0e}..{high:.0e} (about 1e-3 is healthy): {advice}.",
+            stacklevel=3,
+        )

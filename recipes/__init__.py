@@ -2,7 +2,7 @@
 
 Public API::
 
-    from recipes import run, register_recipe, get_recipe, list_recipes, load_model
+    from recipes import run, register_recipe, get_recipe, list_recipes, load_model, ensemble_predict
 
 ``import recipes`` registers every layer, initializer, optimizer and schedule of ours with Keras, so a
 run's ``model.keras`` (and a checkpoint) loads with ``keras.saving.load_model`` afterwards;
@@ -21,6 +21,7 @@ import os
 import callbacks  # noqa: F401  (registers our schedules: Warmup, Replannable)
 import layers  # noqa: F401  (registers our layers)
 from recipes.engine import optimizers as _optimizers  # noqa: F401  (registers LookaheadSGD)
+from recipes.engine.ensemble import ensemble_predict
 from recipes.engine.run import RunResult, run
 from recipes.registry import Recipe, get_recipe, list_recipes, register_recipe
 
@@ -35,4 +36,13 @@ def load_model(path: str | os.PathLike, **kwargs):
     return keras.saving.load_model(path, **kwargs)
 
 
-__all__ = ["Recipe", "RunResult", "get_recipe", "list_recipes", "load_model", "register_recipe", "run"]
+__all__ = [
+    "Recipe",
+    "RunResult",
+    "ensemble_predict",
+    "get_recipe",
+    "list_recipes",
+    "load_model",
+    "register_recipe",
+    "run",
+]

@@ -153,6 +153,15 @@ class OptimizerConfig:
         min=0.0,
         max=1.0,
     )
+    # Keras's use_ema: avg = d * avg + (1 - d) * w after every step (avg = w at the first). The average
+    # spans about 1 / (1 - d) steps, so a run needs several times that many for it to forget the start.
+    ema: float = spec(
+        0.0,
+        "decay of a moving average of the weights that the run ends on (test, model.keras; 0 = off; "
+        "typically 0.99-0.9999, spanning about 1/(1-ema) steps)",
+        min=0.0,
+        max=0.99999,
+    )
 
 
 @dataclass
@@ -226,6 +235,15 @@ def kernel_max_norm() -> Any:
     )
 
 
+def sync_batch_norm() -> Any:
+    """``model.sync_batch_norm`` of a recipe with batch norm: ``BatchNormalization(synchronized=...)``."""
+    return spec(
+        False,
+        "with several replicas: batch-norm statistics over the global batch (an all-reduce per layer and "
+        "step) instead of each replica's share; no effect on one device",
+    )
+
+
 @dataclass
 class LossConfig:
     label_smoothing: float = spec(0.0, "label smoothing of the cross-entropy", min=0.0, max=0.99)
@@ -292,6 +310,25 @@ class TrainerConfig:
         "CPU runs already repeat exactly for a seed without it)",
     )
     verbose: str = spec("auto", "progress display", choices=("auto", "bar", "epoch", "silent"))
+    keep_checkpoints: int = spec(
+        0,
+        "keep the K best epochs by val_accuracy as inference models in best/ (0 = off); "
+        "average them with python cli.py ensemble DIR checkpoints=K",
+        min=0,
+        max=MAX_EPOCHS,
+    )
+    strategy: str = spec(
+        "auto",
+        "tf.distribute strategy: auto (mirrored over all GPUs when more than one is visible, else one "
+        "device), one_device, mirrored, multi_worker (TF_CONFIG); trainer.batch_size is the global batch",
+        choices=("auto", "one_device", "mirrored", "multi_worker"),
+    )
+    cpu_replicas: int = spec(
+        1,
+        "split the CPU into this many logical devices (no GPU): rehearse a multi-device run on a laptop",
+        min=1,
+        max=64,
+    )
 
 
 @dataclass
@@ -330,6 +367,12 @@ class BaseConfig:
             raise ConfigError(
                 "schedule.name=plateau watches val_accuracy, but data.val_size=0 holds out no validation "
                 "images; set data.val_size above 0 or choose another schedule.name"
+            )
+        if self.trainer.keep_checkpoints and d.val_size == 0:
+            raise ConfigError(
+                f"trainer.keep_checkpoints={self.trainer.keep_checkpoints} ranks epochs by val_accuracy, but "
+                "data.val_size=0 holds out no validation images; set data.val_size above 0 or "
+                "trainer.keep_checkpoints=0"
             )
 
 

@@ -16,8 +16,10 @@ def test_monitors_write_histograms_and_the_filter_image(tmp_path):
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     log_dir = tmp_path / "tb"
     callbacks = [
-        GradientStats(x, y, log_dir=log_dir),
-        ActivationStats(x, log_dir=log_dir),  # monitors may share one folder: one event file each
+        GradientStats(x, y, log_dir=log_dir, max_overhead=None),
+        ActivationStats(
+            x, log_dir=log_dir, max_overhead=None
+        ),  # monitors may share one folder: one event file each
         FirstLayerFilters(log_dir=log_dir),
     ]
     model.fit(x, y, epochs=2, verbose=0, callbacks=callbacks)

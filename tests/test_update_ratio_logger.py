@@ -65,12 +65,13 @@ def test_warns_when_far_from_one_in_a_thousand():
 
 
 def _fit_quietly_at(learning_rate) -> tuple[list[float], list[str]]:
-    """Per-epoch median update ratios and the logger's warnings over 2 epochs of 16 steps."""
+    """Per-epoch update ratios (measured over each epoch's last step) and the logger's warnings over 2
+    epochs of 16 steps."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
     x, y = np.random.default_rng(0).standard_normal((64, 4)), np.ones((64, 2))
-    logger = UpdateRatioLogger(every_n_steps=4)
+    logger = UpdateRatioLogger()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[logger])
@@ -80,8 +81,8 @@ def _fit_quietly_at(learning_rate) -> tuple[list[float], list[str]]:
 
 
 def test_a_decay_tail_is_not_mistaken_for_a_too_low_rate():
-    # 32 steps; the rate falls linearly from 1e-3 to 0 over 30. Epoch 1's last measurement (step 13) is
-    # at a healthy ratio; epoch 2's (step 29) at 1/30 of the peak rate, below 1e-4: the decay's tail.
+    # 32 steps; the rate falls linearly from 1e-3 to 0 over 30. Epoch 1's measurement (step 15) is at a
+    # healthy ratio; epoch 2's (step 31) at a rate of 0, below 1e-4: the decay's tail.
     decay = keras.optimizers.schedules.PolynomialDecay(1e-3, decay_steps=30, end_learning_rate=0.0)
     ratios, messages = _fit_quietly_at(decay)
     assert 1e-4 <= ratios[0] <= 1e-2 and ratios[1] < 1e-4, ratios
@@ -94,3 +95,81 @@ def test_a_decay_tail_is_not_mistaken_for_a_too_low_rate():
 def test_keeps_async_batch_end_dispatch():
     # Keras dispatches batch-end hooks asynchronously only when no callback overrides them
     assert UpdateRatioLogger.on_train_batch_end is keras.callbacks.Callback.on_train_batch_end
+
+
+def _least_squares(steps_per_epoch: int, lr, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4 * steps_per_epoch, 5)).astype(np.float32)
+    y = rng.standard_normal((4 * steps_per_epoch, 1)).astype(np.float32)
+    w0 = rng.standard_normal((5, 1)).astype(np.float32)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1, use_bias=False, name="linear")])
+    model.layers[0].kernel.assign(w0)
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    return model, x, y, w0
+
+
+def _hand_ratios(x, y, w0, lr_at, batch: int = 4) -> list[float]:
+    """Plain SGD on mean squared error in float64: the update ratio of every step."""
+    w, ratios = w0.astype(np.float64), []
+    for step, start in enumerate(range(0, len(x), batch)):
+        xb, yb = x[start : start + batch].astype(np.float64), y[start : start + batch].astype(np.float64)
+        update = lr_at(step) * 2.0 / len(xb) * xb.T @ (xb @ w - yb)
+        ratios.append(float(np.linalg.norm(update) / np.linalg.norm(w)))
+        w = w - update
+    return ratios
+
+
+def test_measures_each_epoch_afresh_over_its_last_step():
+    # 3 epochs of 35 steps (the main job's epoch length on the sample): each epoch logs its own last step's
+    # ratio, never the value of an earlier epoch
+    model, x, y, w0 = _least_squares(35, 0.01)
+    xs, ys = np.concatenate([x] * 3), np.concatenate([y] * 3)
+    expected = _hand_ratios(xs, ys, w0, lambda step: 0.01)
+    history = model.fit(
+        x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[UpdateRatioLogger()]
+    )
+    logged = history.history["update_ratio/linear"]
+    np.testing.assert_allclose(logged, [expected[34], expected[69], expected[104]], rtol=1e-3)
+    assert len(set(logged)) == 3
+
+
+def test_every_n_steps_logs_the_median_of_the_epoch_s_measurements():
+    model, x, y, w0 = _least_squares(8, 0.01)
+    expected = _hand_ratios(np.concatenate([x] * 2), np.concatenate([y] * 2), w0, lambda step: 0.01)
+    logger = UpdateRatioLogger(every_n_steps=3)  # steps 1, 4, 7 | 10, 13 and each epoch's last: 7 | 15
+    history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[logger])
+    want = [np.median([expected[s] for s in (1, 4, 7)]), np.median([expected[s] for s in (10, 13, 15)])]
+    np.testing.assert_allclose(history.history["update_ratio"], want, rtol=1e-3)
+
+
+def test_no_warning_during_warmup_but_one_after_it():
+    from callbacks import Warmup
+
+    # The rate ramps from 0 to 1e-6 over the first 20 steps (epochs 1-2 of 8 steps are in the warmup, a
+    # ratio far below 1e-4), then stays at 1e-6: too low, which is worth a warning once the warmup is over.
+    def fit(epochs):
+        keras.utils.set_random_seed(0)
+        schedule = Warmup(keras.optimizers.schedules.ExponentialDecay(1e-6, 10, 1.0), warmup_steps=20)
+        model, x, y, _ = _least_squares(8, schedule)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model.fit(x, y, batch_size=4, epochs=epochs, verbose=0, callbacks=[UpdateRatioLogger()])
+        messages = [str(w.message) for w in caught if "UpdateRatio" in str(w.message)]
+        return history.history["update_ratio"], messages
+
+    ratios, messages = fit(epochs=2)
+    assert all(r < 1e-4 for r in ratios) and messages == []
+    ratios, messages = fit(epochs=4)
+    assert len(messages) == 1 and "raise the learning rate" in messages[0]
+
+
+@pytest.mark.parametrize("every", [0, -3, 2.5])
+def test_bad_every_n_steps_is_refused(every):
+    with pytest.raises(ValueError, match="every_n_steps"):
+        UpdateRatioLogger(every_n_steps=every)
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1e-2), (1e-2, 1e-4), (-1.0, 1.0)])
+def test_bad_healthy_range_is_refused(bounds):
+    with pytest.raises(ValueError, match="healthy_range"):
+        UpdateRatioLogger(healthy_range=bounds)

@@ -80,6 +80,7 @@ def coarse_to_fine(
     max_consecutive_failed_trials: int = 3,
     hyperparameters: kt.HyperParameters | None = None,
     made: list | None = None,
+    distribution_strategy=None,
     **search_kwargs,
 ) -> CoarseToFineResult:
     """Stage 1: random search over the full space for ``coarse_epochs``. Stage 2: random search over the
@@ -89,6 +90,7 @@ def coarse_to_fine(
     directory, a finished stage is reloaded and only the remaining trials run. ``hyperparameters``
     pre-declares stage-1 ranges (user bounds); the rest of the space comes from the hypermodel. ``made``,
     a list, receives each stage's tuner as it is built (to report the trials of a search that stops).
+    ``distribution_strategy`` goes to keras-tuner: each trial trains data parallel under it.
     """
 
     def tuner(stage: int, max_trials: int, **kwargs) -> kt.Tuner:
@@ -101,6 +103,7 @@ def coarse_to_fine(
             project_name=f"{project_name}_stage{stage}",
             overwrite=overwrite,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
+            distribution_strategy=distribution_strategy,
             **kwargs,
         )
         reconcile(made_now.oracle)

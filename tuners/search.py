@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -17,6 +18,7 @@ from recipes.config import (
     ConfigError,
     flat_fields,
     given_twice,
+    merge_overrides,
     nearest,
     override_key,
     parse_value,
@@ -25,6 +27,7 @@ from recipes.config import (
 from recipes.data import load_data
 from recipes.engine.atomic import write_text
 from recipes.engine.checkpoint import RunError
+from recipes.engine.distribute import distribution
 from recipes.engine.run_dir import resolve_out_dir
 from recipes.registry import get_recipe
 from tuners.atomic_state import torn_files
@@ -33,6 +36,7 @@ from tuners.grid import ResumableGridSearch
 from tuners.hypermodel import RecipeHyperModel
 from tuners.results import best_row, log_scaled, plot_scores, trials_frame
 from tuners.resume import reconcile
+from tuners.search_dir import record_search
 
 TUNERS = ("random", "grid", "bayesian", "hyperband", "coarse_to_fine")
 # What a trial logs that keras-tuner can rank by: the compiled loss and accuracy, on the validation and the
@@ -72,6 +76,12 @@ class TuneOptions:
     top_k: int = spec(3, "coarse_to_fine: stage-1 trials the ranges narrow around", min=1, max=MAX_TRIALS)
     max_consecutive_failed_trials: int = spec(
         3, "stop the search after this many failed trials in a row", min=1, max=MAX_TRIALS
+    )
+    strategy: str = spec(
+        "one_device",
+        "each trial data parallel: keras-tuner's distribution_strategy, as trainer.strategy (mirrored: over "
+        "the GPUs or trainer.cpu_replicas logical CPUs); multi_worker cannot run keras-tuner's fit",
+        choices=("auto", "one_device", "mirrored"),
     )
 
 
@@ -210,6 +220,7 @@ def make_tuner(
     seed: int,
     epochs: int,
     hyperparameters: kt.HyperParameters | None = None,
+    distribution_strategy=None,
 ) -> kt.Tuner:
     """A keras-tuner tuner in ``directory/name`` that reloads an earlier search there (overwrite=False).
 
@@ -226,6 +237,7 @@ def make_tuner(
         max_consecutive_failed_trials=options.max_consecutive_failed_trials,
         hyperparameters=hyperparameters,
         tune_new_entries=True,
+        distribution_strategy=distribution_strategy,
     )
     if name == "random":
         return kt.RandomSearch(hypermodel, max_trials=options.max_trials, **common)
@@ -234,6 +246,17 @@ def make_tuner(
     if name == "bayesian":
         return kt.BayesianOptimization(hypermodel, max_trials=options.max_trials, **common)
     return kt.Hyperband(hypermodel, max_epochs=epochs, **common)
+
+
+def search_strategy(options: TuneOptions, cfg):
+    """keras-tuner's ``distribution_strategy`` for ``tune.strategy`` (None: one device): the strategy that
+    the trials' :func:`recipes.engine.training.build_training` enters too (``trainer.strategy`` is set to
+    ``tune.strategy`` for them), so a trial builds and trains in one scope. With keras-tuner's
+    chief/worker search, every worker process trains its trials this way."""
+    trial = copy.deepcopy(cfg)
+    trial.trainer.strategy = options.strategy
+    dist = distribution(trial)
+    return None if dist.name == "one_device" else dist.strategy
 
 
 def best_command(recipe: str, overrides: list[str], values: dict) -> str:
@@ -339,16 +362,19 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
         )
     if recipe.search_space is None:
         raise ConfigError(f"recipe '{recipe_name}' declares no search space")
+    strategy = search_strategy(options, cfg)  # before the data: the CPU split comes first
     bounds = space_overrides(recipe, space)
     epochs = trial_epochs(options, cfg.trainer.epochs)
     out_dir = resolve_out_dir(cfg, f"tune-{recipe_name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg.data, seed=cfg.trainer.seed)
     fixed = [o for o in overrides if override_key(o) != "trainer.out_dir"]
+    trials = merge_overrides(fixed, [f"trainer.strategy={options.strategy}"])  # the tuner's strategy
     hm = RecipeHyperModel(
-        recipe_name, fixed, num_classes=data.num_classes, input_shape=data.x_train.shape[1:]
+        recipe_name, trials, num_classes=data.num_classes, input_shape=data.x_train.shape[1:]
     )
     search = dict(validation_data=(data.x_val, data.y_val), verbose=verbose)
+    record_search(out_dir, recipe_name, fixed, options, cfg, data)  # for ensemble DIR top=K
     directory = out_dir / "tuner"
     made: list[kt.Tuner] = []  # the tuners built so far, for the trials table of a search that stops
     echo(
@@ -374,11 +400,12 @@ def run_search(recipe_name: str, args: list[str], *, echo=print, verbose="auto")
                 hyperparameters=bounds,
                 made=made,
                 verbose=verbose,
+                distribution_strategy=strategy,
             )
             frame, tuners = result.frame, [result.coarse, result.fine]
         else:
             tuner = make_tuner(
-                options.tuner, hm, options, directory, cfg.trainer.seed, epochs["hyperband"], bounds
+                options.tuner, hm, options, directory, cfg.trainer.seed, epochs["hyperband"], bounds, strategy
             )
             made.append(tuner)
             reconcile(tuner.oracle)

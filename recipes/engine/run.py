@@ -23,6 +23,7 @@ from callbacks import fit_diagnosis
 from recipes.config import ConfigError, parse_duration, to_yaml
 from recipes.data import ImageData, load_data
 from recipes.engine.atomic import write_json, write_text
+from recipes.engine.averaging import finish_ema, save_final_checkpoint
 from recipes.engine.budget import (
     BudgetKeeper,
     BudgetPlan,
@@ -39,7 +40,10 @@ from recipes.engine.checkpoint import (
     save_inference_model,
 )
 from recipes.engine.compute import compute_report
+from recipes.engine.distribute import distribution, distribution_for_run
 from recipes.engine.evaluate import eval_passes, evaluate_test
+from recipes.engine.keep_best import keep_best_callbacks, kept_report
+from recipes.engine.multi_worker import agreed_state, finish_worker, fit_function, run_directory
 from recipes.engine.progress import SAMPLE_BANNER, CompactProgbar, EtaPrinter, ReplanReporter, plan_line
 from recipes.engine.run_dir import (
     RunError,
@@ -105,9 +109,11 @@ def run(
     """
     recipe = get_recipe(recipe_name)
     cfg = recipe.config(overrides)
-    out_dir = resolve_out_dir(cfg, recipe.name)
+    dist = distribution_for_run(cfg)  # first: the CPU split and the collectives, before TensorFlow runs
+    out_dir = run_directory(dist, resolve_out_dir(cfg, recipe.name))  # a non-chief worker's is temporary
     with precision_policy(cfg.trainer.precision), open_run_dir(out_dir):
         r = prepare(recipe, cfg, out_dir, list(overrides), echo, list(extra_callbacks))
+        r.saved_state = agreed_state(dist, out_dir, r.saved_state, cfg.trainer.epochs)  # multi-worker
         if r.saved_state is not None:
             resume(r)
         else:
@@ -119,7 +125,7 @@ def run(
         )
         try:
             checkpoint = fit(r, training)
-            return report(r, training, checkpoint)
+            return finish_worker(dist, report(r, training, checkpoint))
         except OSError as e:  # a full disk, a folder made read-only mid-run: the old files are whole
             raise RunError(write_failure(e, out_dir)) from None
 
@@ -156,7 +162,8 @@ def prepare(recipe: Recipe, cfg, out_dir: Path, overrides: list[str], echo, extr
 
 def resume(r: _Run) -> None:
     """The newest loadable checkpoint (model and optimizer state), its history, and the saved plan."""
-    r.model, state = load_checkpoint(r.out_dir, r.saved_state)
+    with distribution(r.cfg).scope():
+        r.model, state = load_checkpoint(r.out_dir, r.saved_state)
     if r.budget_seconds is not None:
         r.plan = BudgetPlan.from_dict(json.loads((r.out_dir / "plan.json").read_text()))
     else:
@@ -226,6 +233,7 @@ def run_callbacks(r: _Run, training: Training, checkpoint: RunCheckpoint) -> lis
         *training.callbacks,
         *r.extra_callbacks,
         tensorboard,
+        *keep_best_callbacks(r.cfg, r.out_dir, r.history, training.guard),  # before the state
         checkpoint,
         EtaPrinter(r.plan, r.first_epoch, r.echo),
         CompactProgbar(r.plan),
@@ -242,10 +250,12 @@ def fit(r: _Run, training: Training) -> RunCheckpoint:
     r.echo(
         f"Training {r.recipe.name} on {len(data.x_train):,} images ({data.source}), validating on "
         f"{len(data.x_val):,}: epochs {r.first_epoch + 1}..{stop}, {training.steps_per_epoch} steps of "
-        f"{training.batch_size}; {training.model.count_params():,} parameters; run directory {r.out_dir}"
+        f"{training.batch_size}; {training.model.count_params():,} parameters; run directory {r.out_dir}; "
+        f"{distribution(r.cfg).describe(training.batch_size)}"
     )
     verbose = {"auto": 1 if sys.stdout.isatty() else 2, "bar": 1, "epoch": 2, "silent": 0}
-    training.model.fit(
+    fit_model = fit_function(distribution(r.cfg), training.model)  # model.fit, or keras#20585's route
+    fit_model(
         training.train_ds,
         validation_data=training.val_ds,
         epochs=training.epochs,
@@ -260,8 +270,9 @@ def fit(r: _Run, training: Training) -> RunCheckpoint:
 
 def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
     """``history.csv``, the test evaluation (unless the NaN guard stopped the run), ``model.keras`` and
-    ``metrics.json``."""
+    ``metrics.json``; with ``optimizer.ema`` all of the averaged weights (:func:`finish_ema`)."""
     model, rows, spe, batch = training.model, checkpoint.rows, training.steps_per_epoch, training.batch_size
+    averaged = finish_ema(model, r.data, batch)  # optimizer.ema: the averaged weights, their BN statistics
     write_text(r.out_dir / "history.csv", history_csv(rows))
     seconds = checkpoint.session_seconds
     images_per_second = checkpoint.session_epochs * spe * batch / seconds if seconds else None
@@ -276,6 +287,8 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         "data_source": r.data.source,
         "data_is_sample": r.data.is_sample,
         "seed": r.cfg.trainer.seed,
+        **distribution(r.cfg).record(batch),  # strategy, replicas, global_batch_size
+        "ema": r.cfg.optimizer.ema,  # the decay of the averaged weights evaluated and saved; 0: the raw ones
         "versions": library_versions(),
     }
     result = RunResult(out_dir=r.out_dir, metrics=metrics, resumed_from=r.first_epoch, model=model)
@@ -294,6 +307,8 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         if diagnosis:
             metrics["fit_diagnosis"] = diagnosis
     save_inference_model(model, r.out_dir / "model.keras")
+    if averaged and not result.diverged:
+        save_final_checkpoint(model, r.out_dir, len(rows))
     if not result.diverged:
         overhead = sum(getattr(cb, "overhead_seconds", 0.0) for cb in r.extra_callbacks)
         metrics["wall_seconds"] = round(time.perf_counter() - r.clock - overhead, 2)
@@ -301,16 +316,21 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
             metrics["budget"] = budget_report(
                 model, r.plan, metrics["wall_seconds"], resumed=r.first_epoch > 0
             )
+    metrics.update(kept_report(r.cfg, r.out_dir, rows))
     write_json(r.out_dir / "metrics.json", metrics)
     return result
 
 
 def diagnose_fit(rows: list[dict], num_classes: int) -> dict | None:
     """:func:`callbacks.fit_diagnosis` of the last epoch that measured both the clean training accuracy
-    and the validation accuracy; None when none did (``callbacks.clean_accuracy=false``, no validation)."""
+    and the validation accuracy (the monitor skips epochs to stay within its share of the time: their
+    value is NaN), with that ``epoch`` (1-based); None when none did (``callbacks.clean_accuracy=false``,
+    no validation)."""
     for row in reversed(rows):
-        if "train_clean_accuracy" in row and "val_accuracy" in row:
-            return fit_diagnosis(row["train_clean_accuracy"], row["val_accuracy"], chance=1 / num_classes)
+        clean, val = row.get("train_clean_accuracy"), row.get("val_accuracy")
+        if clean is not None and val is not None and math.isfinite(clean) and math.isfinite(val):
+            diagnosis = fit_diagnosis(clean, val, chance=1 / num_classes)
+            return {**diagnosis, "epoch": int(row["epoch"])}
     return None
 
 

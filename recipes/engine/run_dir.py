@@ -103,6 +103,7 @@ def check_ours(out_dir: Path, markers: tuple[str, ...] = RUN_MARKERS) -> None:
     """Refuse a non-empty folder that holds none of ``markers`` (the first files a command of ours
     writes there): its files are the user's."""
     entries = [p.name for p in out_dir.iterdir() if p.name != LOCK_NAME and not is_temporary(p.name)]
+    entries = [name for name in entries if not name.startswith("workertemp_")]  # a multi-worker run's
     if entries and not any(name in entries for name in markers):
         shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
         raise RunError(

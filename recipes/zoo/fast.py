@@ -41,6 +41,7 @@ from recipes.config import (
     kernel_l2,
     kernel_max_norm,
     spec,
+    sync_batch_norm,
 )
 from recipes.registry import register_recipe
 
@@ -93,6 +94,7 @@ class FastModelConfig:
     l1: float = kernel_l1()
     l2: float = kernel_l2()
     max_norm: float = kernel_max_norm()
+    sync_batch_norm: bool = sync_batch_norm()
 
 
 def _data() -> DataConfig:
@@ -179,8 +181,10 @@ def _conv(filters: int, name: str, identity: bool, scale: float) -> keras.layers
     return keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init, name=name)
 
 
-def _bn(momentum: float, name: str) -> keras.layers.Layer:
-    return keras.layers.BatchNormalization(momentum=momentum, epsilon=1e-5, scale=False, name=name)
+def _bn(momentum: float, name: str, sync: bool = False) -> keras.layers.Layer:
+    return keras.layers.BatchNormalization(
+        momentum=momentum, epsilon=1e-5, scale=False, synchronized=sync, name=name
+    )
 
 
 @register_recipe(
@@ -205,10 +209,10 @@ def build_model(cfg: FastConfig, stats: dict) -> keras.Model:
     for i, width in enumerate((m.width1, m.width2, m.width3), start=1):
         x = _conv(width, f"block{i}_conv1", m.identity_init, m.init_scale)(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
-        x = _bn(m.bn_momentum, f"block{i}_bn1")(x)
+        x = _bn(m.bn_momentum, f"block{i}_bn1", m.sync_batch_norm)(x)
         x = keras.layers.Activation(m.activation, name=f"block{i}_act1")(x)
         x = _conv(width, f"block{i}_conv2", m.identity_init, m.init_scale)(x)
-        x = _bn(m.bn_momentum, f"block{i}_bn2")(x)
+        x = _bn(m.bn_momentum, f"block{i}_bn2", m.sync_batch_norm)(x)
         x = keras.layers.Activation(m.activation, name=f"block{i}_act2")(x)
     x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
     x = keras.layers.Dense(stats["num_classes"], use_bias=False, dtype="float32", name="head")(x)

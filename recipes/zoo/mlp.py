@@ -23,6 +23,7 @@ from recipes.config import (
     kernel_l2,
     kernel_max_norm,
     spec,
+    sync_batch_norm,
 )
 from recipes.registry import register_recipe
 
@@ -54,6 +55,7 @@ class MLPModelConfig:
     maxout_pieces: int = spec(2, "pieces per Maxout unit (activation=maxout)", min=2, max=64)
     dropout: float = spec(0.0, "dropout after each hidden layer", min=0.0, max=0.95)
     batch_norm: bool = spec(False, "batch normalisation before each hidden nonlinearity")
+    sync_batch_norm: bool = sync_batch_norm()
     l1: float = kernel_l1()
     l2: float = kernel_l2()
     max_norm: float = kernel_max_norm()
@@ -134,7 +136,7 @@ def build_mlp(cfg, stats: dict, *, drop_rate: float | None = None) -> keras.Mode
             else:
                 x = DropConnect(m.width, rate=drop_rate, kernel_initializer=init, name=f"dropconnect{i}")(x)
             if m.batch_norm:
-                x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+                x = keras.layers.BatchNormalization(synchronized=m.sync_batch_norm, name=f"bn{i}")(x)
             x = _nonlinearity(m.activation, f"{m.activation}{i}")(x)
         if m.dropout > 0:
             x = keras.layers.Dropout(m.dropout, name=f"dropout{i}")(x)

@@ -22,6 +22,7 @@ from recipes.config import (
     kernel_l2,
     kernel_max_norm,
     spec,
+    sync_batch_norm,
 )
 from recipes.registry import register_recipe
 
@@ -41,6 +42,7 @@ class ResNetModelConfig:
     l1: float = kernel_l1()
     l2: float = kernel_l2()
     max_norm: float = kernel_max_norm()
+    sync_batch_norm: bool = sync_batch_norm()
 
 
 @dataclass
@@ -71,8 +73,8 @@ def _conv(filters: int, kernel: int, stride: int, name: str) -> keras.layers.Lay
     )
 
 
-def _bn(name: str) -> keras.layers.Layer:
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+def _bn(name: str, sync: bool = False) -> keras.layers.Layer:
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync, name=name)
 
 
 def survival_probabilities(num_blocks: int, final: float) -> list[float]:
@@ -107,7 +109,7 @@ def build_model(cfg: ResNetSmallConfig, stats: dict) -> keras.Model:
     inputs = keras.Input(shape=stats["input_shape"], name="image")
     x = keras.layers.Normalization(mean=stats["mean"], variance=stats["variance"], name="normalize")(inputs)
     x = _conv(m.width, 3, 1, "stem_conv")(x)
-    x = _bn("stem_bn")(x)
+    x = _bn("stem_bn", m.sync_batch_norm)(x)
     x = _activation(m.activation, "stem_act")(x)
     num_blocks = 3 * m.depth_blocks
     survival = survival_probabilities(num_blocks, m.stochastic_depth)
@@ -119,13 +121,13 @@ def build_model(cfg: ResNetSmallConfig, stats: dict) -> keras.Model:
             name = f"stage{stage + 1}_block{i + 1}"
             shortcut = x
             y = _conv(filters, 3, stride, f"{name}_conv1")(x)
-            y = _bn(f"{name}_bn1")(y)
+            y = _bn(f"{name}_bn1", m.sync_batch_norm)(y)
             y = _activation(m.activation, f"{name}_act1")(y)
             y = _conv(filters, 3, 1, f"{name}_conv2")(y)
-            y = _bn(f"{name}_bn2")(y)
+            y = _bn(f"{name}_bn2", m.sync_batch_norm)(y)
             if stride != 1 or shortcut.shape[-1] != filters:
                 shortcut = _conv(filters, 1, stride, f"{name}_proj")(shortcut)
-                shortcut = _bn(f"{name}_proj_bn")(shortcut)
+                shortcut = _bn(f"{name}_proj_bn", m.sync_batch_norm)(shortcut)
             if survival[block] < 1.0:
                 from layers import StochasticDepth
 
