@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--out", default="runs/time_to_accuracy")
     parser.add_argument("--override", action="append", default=[], help="extra key=value for every contender")
+    parser.add_argument("--target", type=float, help="also print each contender's time to this test accuracy")
     args = parser.parse_args(argv)
 
     from recipes import run
@@ -186,6 +187,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"  {name:<22} {reached}  speed-up {ratio:.1f}x" if ratio else f"  {name:<22} {reached}",
                 f"  final {finals[name]['test_accuracy']:.4f} in {finals[name]['wall_seconds']:.0f} s",
             )
+    if args.target is not None:
+        for name in names:
+            t = time_to_reach([r for r in rows if r["contender"] == name], args.target)
+            finals[name]["seconds_to_target"] = t
+            reached = f"{t:.0f} s" if t is not None else "never (within the budget)"
+            print(f"time to {args.target:.2%} test accuracy, {name}: {reached}")
+        summary["target"] = args.target
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(
         rows, out / "time_to_accuracy.png", f"CIFAR-10 test accuracy against wall time (budget {args.budget})"

@@ -31,7 +31,7 @@ class GradientStats(keras.callbacks.Callback):
     inference mode (no dropout; batch norm uses, and does not update, its moving
     statistics), computes ``model.compute_loss`` (the compiled loss plus regularisation losses, as a
     training step does, averaged over the whole probe) and its gradient. The first measurement runs eagerly,
-    to find the forward order of every layer, nested ones included; later ones run as one compiled
+    recording the forward order of every layer, nested ones included; later ones run as one compiled
     ``tf.function``. No batch hook is used. Writes:
 
     - ``logs["grad_norm/<layer>"]``: the L2 norm over all the gradients of that layer's own trainable
@@ -118,15 +118,13 @@ class GradientStats(keras.callbacks.Callback):
         key = (model, tuple(id(v) for v in variables))
         if self._compiled is not None and self._compiled[:2] == key:
             reached, gradients = self._compiled[2:]
-        else:
-            reached, gradients = self._trace_order(owners, variables), _gradient_function(model, variables)
+            total = self._probe_gradients(gradients, variables)
+        else:  # the first measurement runs eagerly, recording the forward order; later ones are compiled
+            with CallRecorder(owners, keep_outputs=False) as recorder:
+                total = self._probe_gradients(_gradient_function(model, variables, compiled=False), variables)
+            reached = recorder.order
             warn_unreached(self._warn, owners, reached)
-            self._compiled = (*key, reached, gradients)
-        total = [np.zeros(tuple(v.shape), np.float64) for v in variables]
-        for x, y in zip(self.x_batches, self.y_batches):
-            weight = np.float32(len(x) / self.count)  # chunks add up to the whole probe's mean loss
-            for acc, grad in zip(total, gradients(x, y, weight)):
-                acc += keras.ops.convert_to_numpy(grad).astype(np.float64)
+            self._compiled = (*key, reached, _gradient_function(model, variables, compiled=True))
         grads_of = {id(v): g for v, g in zip(variables, total)}
         values: dict[str, float] = {}
         self.gradients = {}
@@ -143,11 +141,14 @@ class GradientStats(keras.callbacks.Callback):
         self.latest = values
         return values
 
-    def _trace_order(self, owners: list, variables: list) -> list:
-        """The layers of ``owners`` one eager forward pass reaches, in the order it first calls them."""
-        with CallRecorder(owners, keep_outputs=False) as recorder:
-            self.model(self.x_batches[0], training=False)
-        return recorder.order
+    def _probe_gradients(self, gradients, variables: list) -> list[np.ndarray]:
+        """The whole probe's gradient of each variable, summed over its chunks, in float64."""
+        total = [np.zeros(tuple(v.shape), np.float64) for v in variables]
+        for x, y in zip(self.x_batches, self.y_batches):
+            weight = np.float32(len(x) / self.count)  # chunks add up to the whole probe's mean loss
+            for acc, grad in zip(total, gradients(x, y, weight)):
+                acc += keras.ops.convert_to_numpy(grad).astype(np.float64)
+        return total
 
     def _check(self, epoch: int) -> None:
         norms = [v for k, v in self.latest.items() if k.startswith("grad_norm/")]
@@ -196,12 +197,12 @@ class GradientStats(keras.callbacks.Callback):
             self.summaries.close()
 
 
-def _gradient_function(model, variables: list):
-    """A compiled ``(x, y, weight) -> gradients of weight * loss`` for ``variables`` (zeros where a variable
-    does not reach the loss), the loss as ``model.compute_loss`` gives it in inference mode."""
+def _gradient_function(model, variables: list, compiled: bool):
+    """``(x, y, weight) -> gradients of weight * loss`` for ``variables`` (zeros where a variable does not
+    reach the loss), the loss as ``model.compute_loss`` gives it in inference mode; as a ``tf.function``
+    when ``compiled`` (worth its tracing from the second measurement on)."""
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
     def gradients(x, y, weight):
         with tf.GradientTape() as tape:
             y_pred = model(x, training=False)
@@ -213,4 +214,4 @@ def _gradient_function(model, variables: list):
             for g, v in zip(grads, variables)
         ]
 
-    return gradients
+    return tf.function(gradients, reduce_retracing=True, autograph=False) if compiled else gradients

@@ -36,3 +36,15 @@ def learning_rate_rising(optimizer: keras.optimizers.Optimizer) -> bool:
     step = int(keras.ops.convert_to_numpy(optimizer.iterations))
     now, after = (float(keras.ops.convert_to_numpy(schedule(s))) for s in (step, step + 1))
     return after > now
+
+
+def learning_rate_peak(optimizer: keras.optimizers.Optimizer, samples: int = 64) -> float:
+    """The highest rate the schedule has given so far (over ``samples`` + 1 evenly spaced steps up to the
+    next one, the ends included), or the current rate when it is not a schedule."""
+    optimizer = unwrap_optimizer(optimizer)
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    steps = sorted({round(step * i / samples) for i in range(samples + 1)})
+    return max(float(keras.ops.convert_to_numpy(schedule(s))) for s in steps)

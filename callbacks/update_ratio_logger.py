@@ -8,9 +8,7 @@ import keras
 import numpy as np
 
 from callbacks._cadence import unmeasured
-from callbacks.optimizer_utils import current_learning_rate, learning_rate_rising
-
-ANNEALED = 0.1  # a learning rate below this fraction of the run's peak: the schedule's decay tail
+from callbacks.optimizer_utils import current_learning_rate, learning_rate_peak, learning_rate_rising
 
 
 class UpdateRatioLogger(keras.callbacks.Callback):
@@ -26,10 +24,11 @@ class UpdateRatioLogger(keras.callbacks.Callback):
 
     It warns once when the median leaves ``healthy_range`` (around 1e-3 is healthy: much lower and
     learning is too slow, much higher and it is unstable), except while the learning rate is still rising
-    at the measured step (a warmup: the ratio grows with it) and, for a low ratio, while the rate has
-    decayed below a tenth of its peak so far (the schedule annealing, as intended). Only
-    ``on_train_batch_begin`` is used among the batch hooks, so Keras keeps its asynchronous batch-end
-    dispatch; a measurement costs two copies of the kernels.
+    at the measured step (a warmup: the ratio grows with it) and, for a low ratio, when the rate has
+    decayed and the schedule's peak rate so far would have given a healthy ratio (the update scales with
+    the rate: that is the schedule annealing, as intended). Only ``on_train_batch_begin`` is used among
+    the batch hooks, so Keras keeps its asynchronous batch-end dispatch; a measurement costs two copies
+    of the kernels.
 
     Args:
         every_n_steps: also measure every this many steps (None: once per epoch).
@@ -125,7 +124,7 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         if self._due(batch):
             self._before = self._snapshot()
             self._measured_lr = current_learning_rate(self.model.optimizer, last_step=False)
-            self._peak_lr = max(self._peak_lr, self._measured_lr)
+            self._peak_lr = max(self._peak_lr, learning_rate_peak(self.model.optimizer))
             self._warming_up = self._warming_up or learning_rate_rising(self.model.optimizer)
         self._step += 1
 
@@ -147,7 +146,10 @@ class UpdateRatioLogger(keras.callbacks.Callback):
 
     def _check(self, median: float) -> None:
         low, high = self.healthy_range
-        annealing = median < low and self._measured_lr < ANNEALED * self._peak_lr
+        # A low ratio at a decayed rate is the schedule annealing when the schedule's peak rate so far would
+        # have given a healthy one (the update scales with the rate); only then is the rate itself too low.
+        lr = self._measured_lr
+        annealing = median < low and self._peak_lr > lr and (lr <= 0 or median * self._peak_lr / lr >= low)
         if self._warned or low <= median <= high or annealing or self._warming_up:
             return
         self._warned = True

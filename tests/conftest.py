@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# trainer.precision=auto would pick bfloat16 on CPUs with bf16 units: results must not depend on the runner
+os.environ.setdefault("KERAS_RECIPES_CPU_PRECISION", "float32")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

@@ -188,22 +188,40 @@ def test_splitting_the_cpu_after_tensorflow_started_is_one_line():
     assert "start a new process" in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize(
-    "overrides, env, problem",
-    [
-        (["trainer.strategy=multi_worker"], {}, "needs the TF_CONFIG environment variable"),
-        ([*MIRRORED, "trainer.batch_size=65"], {}, "trainer.batch_size=65 does not split evenly"),
-        (["trainer.strategy=multi_worker", "trainer.budget=60"], {"TF_CONFIG": "x"}, "trainer.budget=60"),
-    ],
-)
-def test_the_cli_refuses_bad_distribution_settings_in_one_line(tmp_path, overrides, env, problem):
-    args = [str(ROOT / "cli.py"), "run", "recipe=mlp", *TINY, f"trainer.out_dir={tmp_path / 'r'}", *overrides]
+def test_the_cli_refuses_a_batch_that_does_not_split_in_one_line(tmp_path):
+    # a fresh process: the CPU is split before TensorFlow starts
+    args = [str(ROOT / "cli.py"), "run", "recipe=mlp", *TINY, f"trainer.out_dir={tmp_path / 'r'}"]
     proc = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=120, env=_env(**env), cwd=ROOT
+        [sys.executable, *args, *MIRRORED, "trainer.batch_size=65"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+        cwd=ROOT,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and problem in lines[0]
+    assert len(lines) == 1 and "trainer.batch_size=65 does not split evenly" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "overrides, tf_config, problem",
+    [
+        (["trainer.strategy=multi_worker"], None, "needs the TF_CONFIG environment variable"),
+        (["trainer.strategy=multi_worker", "trainer.budget=60"], "x", "trainer.budget=60"),
+    ],
+)
+def test_the_cli_refuses_bad_multi_worker_settings_in_one_line(
+    tmp_path, capsys, monkeypatch, overrides, tf_config, problem
+):
+    import cli
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if tf_config is not None:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert cli.main(["run", "recipe=mlp", *TINY, f"trainer.out_dir={tmp_path / 'r'}", *overrides]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and problem in lines[0], lines
 
 
 # -------------------------------------------------------------------------------------------------

@@ -173,3 +173,24 @@ def test_bad_every_n_steps_is_refused(every):
 def test_bad_healthy_range_is_refused(bounds):
     with pytest.raises(ValueError, match="healthy_range"):
         UpdateRatioLogger(healthy_range=bounds)
+
+
+def test_a_single_epoch_that_warms_up_and_decays_is_not_mistaken_for_a_too_low_rate():
+    from callbacks import Warmup
+
+    # one epoch of 16 steps: up to 1e-3 over 5 steps, down to 0 over the next 10. Its one measurement (the
+    # last step) is at a rate of 0, far below a tenth of the schedule's peak: annealing, not a low rate.
+    decay = keras.optimizers.schedules.PolynomialDecay(1e-3, decay_steps=10, end_learning_rate=0.0)
+    model, x, y, _ = _least_squares(16, Warmup(decay, warmup_steps=5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[UpdateRatioLogger()])
+    assert history.history["update_ratio"][0] < 1e-4
+    assert not [w for w in caught if "UpdateRatio" in str(w.message)]
+
+
+def test_a_decayed_rate_whose_peak_was_too_low_is_still_warned_about():
+    # the rate falls from 1e-6 to 0: scaled back to its peak, the ratio is still far below 1e-4
+    decay = keras.optimizers.schedules.PolynomialDecay(1e-6, decay_steps=30, end_learning_rate=0.0)
+    ratios, messages = _fit_quietly_at(decay)
+    assert ratios[0] < 1e-6 and any("raise the learning rate" in m for m in messages), (ratios, messages)

@@ -44,6 +44,7 @@ from recipes.engine.distribute import distribution, distribution_for_run
 from recipes.engine.evaluate import eval_passes, evaluate_test
 from recipes.engine.keep_best import keep_best_callbacks, kept_report
 from recipes.engine.multi_worker import agreed_state, finish_worker, fit_function, run_directory
+from recipes.engine.precision import resolve_precision
 from recipes.engine.progress import SAMPLE_BANNER, CompactProgbar, EtaPrinter, ReplanReporter, plan_line
 from recipes.engine.run_dir import (
     RunError,
@@ -132,9 +133,10 @@ def run(
 
 @contextlib.contextmanager
 def precision_policy(name: str) -> Iterator[None]:
-    """Keras's global dtype policy set to ``name`` for the layers built inside, and restored after."""
+    """Keras's global dtype policy set to ``name`` (``auto``: :func:`resolve_precision`'s choice) for the
+    layers built inside, and restored after."""
     previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(name)
+    keras.mixed_precision.set_global_policy(resolve_precision(name)[0])
     try:
         yield
     finally:
@@ -251,7 +253,8 @@ def fit(r: _Run, training: Training) -> RunCheckpoint:
         f"Training {r.recipe.name} on {len(data.x_train):,} images ({data.source}), validating on "
         f"{len(data.x_val):,}: epochs {r.first_epoch + 1}..{stop}, {training.steps_per_epoch} steps of "
         f"{training.batch_size}; {training.model.count_params():,} parameters; run directory {r.out_dir}; "
-        f"{distribution(r.cfg).describe(training.batch_size)}"
+        f"{distribution(r.cfg).describe(training.batch_size)}; precision "
+        f"{resolve_precision(r.cfg.trainer.precision)[1]}"
     )
     verbose = {"auto": 1 if sys.stdout.isatty() else 2, "bar": 1, "epoch": 2, "silent": 0}
     fit_model = fit_function(distribution(r.cfg), training.model)  # model.fit, or keras#20585's route
@@ -289,6 +292,7 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         "seed": r.cfg.trainer.seed,
         **distribution(r.cfg).record(batch),  # strategy, replicas, global_batch_size
         "ema": r.cfg.optimizer.ema,  # the decay of the averaged weights evaluated and saved; 0: the raw ones
+        "precision": keras.mixed_precision.global_policy().name,  # trainer.precision, auto resolved
         "versions": library_versions(),
     }
     result = RunResult(out_dir=r.out_dir, metrics=metrics, resumed_from=r.first_epoch, model=model)
