@@ -53,6 +53,43 @@ def _seed_generators(obj) -> list:
     return found
 
 
+@dataclass
+class ProjectedOutput:
+    """A float64 copy of a layer whose output, projected onto a fixed random tensor, is the function
+    checked: ``terms(tensors)`` is the element-wise product (its sum is ``f``), evaluated with the seed
+    generators reset to one state, so stochastic layers draw the same mask every time. ``x_vars`` are the
+    inputs as float64 variables and ``weights`` the copy's trainable weights, the variables to bump."""
+
+    terms: object
+    x_vars: list
+    weights: list
+
+
+def projected_output(layer_or_model, inputs, *, training: bool, seed: int) -> ProjectedOutput:
+    """The set-up :func:`gradcheck` (and ``cli.py check``'s gradient check) differentiate: a built
+    float64 copy of ``layer_or_model`` with its weights, and ``f = sum(output * projection)``."""
+    multi = isinstance(inputs, (list, tuple))
+    xs = [np.asarray(x, dtype=np.float64) for x in (inputs if multi else [inputs])]
+    if not layer_or_model.built:
+        layer_or_model(xs if multi else xs[0])
+    original_weights = [np.asarray(w, dtype=np.float64) for w in layer_or_model.get_weights()]
+    target = _float64_copy(layer_or_model)
+    target(xs if multi else xs[0], training=training)  # build
+    target.set_weights(original_weights)
+    generators = _seed_generators(target)
+    states = [keras.ops.convert_to_numpy(g.state) for g in generators]
+    out_shape = keras.ops.shape(target(xs if multi else xs[0], training=training))
+    projection = tf.constant(np.random.default_rng(seed).standard_normal(tuple(out_shape)))
+
+    def terms(tensors) -> tf.Tensor:
+        for g, s in zip(generators, states):
+            g.state.assign(s)
+        out = target(tensors if multi else tensors[0], training=training)
+        return tf.cast(out, tf.float64) * projection
+
+    return ProjectedOutput(terms, [tf.Variable(x) for x in xs], list(target.trainable_weights))
+
+
 def gradcheck(
     layer_or_model, inputs, *, training: bool = False, eps: float = 1e-4, max_checks: int = 100, seed: int = 0
 ) -> GradCheckResult:
@@ -69,35 +106,15 @@ def gradcheck(
         >>> result = gradcheck(Maxout(4, pieces=3), np.random.randn(5, 6))
         >>> assert result.max_relative_error < 1e-6
     """
-    multi = isinstance(inputs, (list, tuple))
-    xs = [np.asarray(x, dtype=np.float64) for x in (inputs if multi else [inputs])]
-    if not layer_or_model.built:
-        layer_or_model(xs if multi else xs[0])
-    original_weights = [np.asarray(w, dtype=np.float64) for w in layer_or_model.get_weights()]
-    target = _float64_copy(layer_or_model)
-    target(xs if multi else xs[0], training=training)  # build
-    target.set_weights(original_weights)
-    generators = _seed_generators(target)
-    states = [keras.ops.convert_to_numpy(g.state) for g in generators]
-
-    out_shape = keras.ops.shape(target(xs if multi else xs[0], training=training))
-    projection = tf.constant(np.random.default_rng(seed).standard_normal(tuple(out_shape)))
-
-    def objective(tensors) -> tf.Tensor:
-        for g, s in zip(generators, states):
-            g.state.assign(s)
-        out = target(tensors if multi else tensors[0], training=training)
-        return tf.reduce_sum(tf.cast(out, tf.float64) * projection)
-
-    x_vars = [tf.Variable(x) for x in xs]
-    weights = list(target.trainable_weights)
+    f = projected_output(layer_or_model, inputs, training=training, seed=seed)
+    x_vars, weights = f.x_vars, f.weights
     with tf.GradientTape() as tape:
-        value = objective(x_vars)
+        value = tf.reduce_sum(f.terms(x_vars))
     grads = tape.gradient(value, x_vars + [w.value for w in weights])
 
     rng = np.random.default_rng(seed + 1)
     result = GradCheckResult(0.0)
-    names = [f"input_{i}" for i in range(len(xs))] + [w.path for w in weights]
+    names = [f"input_{i}" for i in range(len(x_vars))] + [w.path for w in weights]
     for name, var, grad in zip(names, x_vars + weights, grads):
         analytic = np.zeros(tuple(var.shape)) if grad is None else np.asarray(grad, dtype=np.float64)
         base = keras.ops.convert_to_numpy(var).astype(np.float64)
@@ -110,7 +127,7 @@ def gradcheck(
                 bumped = flat.copy()
                 bumped[i] += sign * eps
                 var.assign(bumped.reshape(base.shape))
-                values.append(float(objective(x_vars)))
+                values.append(float(tf.reduce_sum(f.terms(x_vars))))
             var.assign(base)
             numeric = (values[0] - values[1]) / (2 * eps)
             a = float(analytic.reshape(-1)[i])

@@ -436,31 +436,16 @@ def compare_gradients(
     """
     import tensorflow as tf
 
-    from layers.gradcheck import _float64_copy, _seed_generators
+    from layers.gradcheck import projected_output
 
     h = GRADIENT_STEP
-    multi = isinstance(inputs, (list, tuple))
-    xs = [np.asarray(x, dtype=np.float64) for x in (inputs if multi else [inputs])]
-    weights64 = [np.asarray(w, dtype=np.float64) for w in layer.get_weights()]
-    target = _float64_copy(layer)
-    target(xs if multi else xs[0], training=True)  # build
-    target.set_weights(weights64)
-    generators = _seed_generators(target)
-    states = [keras.ops.convert_to_numpy(g.state) for g in generators]
-    out_shape = tuple(keras.ops.shape(target(xs if multi else xs[0], training=True)))
-    projection = tf.constant(np.random.default_rng(seed).standard_normal(out_shape))
-
-    def terms(tensors):
-        for g, s in zip(generators, states):
-            g.state.assign(s)
-        return tf.cast(target(tensors if multi else tensors[0], training=True), tf.float64) * projection
+    f = projected_output(layer, inputs, training=True, seed=seed)
+    terms, x_vars, weights = f.terms, f.x_vars, f.weights
 
     def objective(tensors) -> tuple[float, float]:
         t = terms(tensors)
         return float(tf.reduce_sum(t)), float(tf.reduce_sum(tf.abs(t)))
 
-    x_vars = [tf.Variable(x) for x in xs]
-    weights = list(target.trainable_weights)
     with tf.GradientTape() as tape:
         value = tf.reduce_sum(terms(x_vars))
     grads = tape.gradient(value, x_vars + [w.value for w in weights])
@@ -469,7 +454,7 @@ def compare_gradients(
 
     rng = np.random.default_rng(seed + 1)
     found: dict[str, EntryCounts] = {}
-    names = [f"input_{i}" for i in range(len(xs))] + [w.path for w in weights]
+    names = [f"input_{i}" for i in range(len(x_vars))] + [w.path for w in weights]
     for name, var, grad in zip(names, x_vars + weights, grads):
         analytic = np.zeros(tuple(var.shape)) if grad is None else np.asarray(grad, dtype=np.float64)
         base = keras.ops.convert_to_numpy(var).astype(np.float64)
