@@ -29,6 +29,10 @@ VARIANTS: dict[str, dict] = {
     "batch512": {"overrides": ["trainer.batch_size=512"]},
     "spe4": {"steps_per_execution": 4},
     "bf16": {"policy": "mixed_bfloat16"},
+    "gelu_tanh": {"overrides": ["model.activation=gelu_tanh"]},
+    "bf16_gelu_tanh": {"overrides": ["model.activation=gelu_tanh"], "policy": "mixed_bfloat16"},
+    "bf16_relu": {"overrides": ["model.activation=relu"], "policy": "mixed_bfloat16"},
+    "bf16_swish": {"overrides": ["model.activation=swish"], "policy": "mixed_bfloat16"},
     "airbench94": {"overrides": ["model.width1=64", "model.width2=256", "model.width3=256"]},
     "airbench94_bf16": {
         "overrides": ["model.width1=64", "model.width2=256", "model.width3=256"],
@@ -105,10 +109,10 @@ def main(argv: list[str] | None = None) -> None:
             seconds = time_steps(model, ds, args.steps)
             rates[n].append(args.steps * batch / seconds)
     base = statistics.median(rates[names[0]])
-    print(f"{'variant':<12} {'images/s':>9} {'ratio':>6}")
+    print(f"{'variant':<16} {'images/s':>9} {'ratio':>6}")
     for n in names:
         r = statistics.median(rates[n])
-        print(f"{n:<12} {r:9.0f} {r / base:6.2f}")
+        print(f"{n:<16} {r:9.0f} {r / base:6.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Custom Keras 3 layers (``from layers import ...``): Maxout, DropConnect, stochastic depth, patch
-whitening, and a gradient checker for them."""
+whitening, the tanh approximation of GELU, and a gradient checker for them."""
 
+from layers.activations import gelu_tanh, get_activation
 from layers.drop_connect import DropConnect
 from layers.gradcheck import GradCheckResult, gradcheck
 from layers.maxout import Maxout
@@ -14,6 +15,8 @@ __all__ = [
     "PatchWhitening",
     "StochasticDepth",
     "adapt_whitening",
+    "gelu_tanh",
+    "get_activation",
     "gradcheck",
     "linear_survival_probabilities",
 ]

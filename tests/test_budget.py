@@ -267,7 +267,7 @@ def test_a_run_planned_too_short_is_stretched_and_ends_in_time(tmp_path, monkeyp
         plan = real_calibrate(*args, **kwargs)
         assert plan.epochs > 3, f"too loaded a machine: 20 s fit only {plan.epochs} epochs"
         epochs = max(3, plan.epochs // 3)  # a third of what fits: room to grow even if the load rises
-        total = epochs * plan.steps_per_epoch
+        total = epochs * plan.steps_per_epoch + plan.calibration_steps
         configured = plan.configured_epochs * plan.configured_steps_per_epoch
         return dataclasses.replace(plan, epochs=epochs, total_steps=total, epoch_scale=total / configured)
 
@@ -320,3 +320,111 @@ def test_best_plan_counts_the_per_epoch_overhead(seconds, step, per_epoch, spe, 
     from recipes.engine.budget import best_plan
 
     assert best_plan(seconds, step, per_epoch, spe) == expected
+
+
+def _calibration_model(lr: float, schedule_steps: int):
+    """A linear regression under SGD on a Replannable linear decay, and 64 batches of its data."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64 * 8, 4)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    linear = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=schedule_steps, end_learning_rate=0.0)
+    model.compile(optimizer=keras.optimizers.SGD(Replannable(linear)), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    return model, ds
+
+
+def _calibrate(model, ds, budget: float, configured_epochs: int):
+    import numpy as np
+
+    from recipes.engine.budget import calibrate
+
+    return calibrate(
+        model,
+        ds,
+        budget_seconds=budget,
+        elapsed_seconds=0.0,
+        steps_per_epoch=64,
+        configured_epochs=configured_epochs,
+        eval_images=np.zeros((16, 4), "float32"),
+        eval_batch_size=16,
+        val_examples=0,
+    )
+
+
+def test_calibration_steps_stay_trained_and_count_in_the_plan():
+    from recipes.engine.budget import CALIBRATION_STEPS
+
+    model, ds = _calibration_model(0.01, schedule_steps=64 * 50)
+    before = [w.copy() for w in model.get_weights()]
+    plan = _calibrate(model, ds, budget=60.0, configured_epochs=50)
+    assert plan.calibration_steps == CALIBRATION_STEPS
+    assert int(model.optimizer.iterations) == CALIBRATION_STEPS
+    assert any(not (a == b).all() for a, b in zip(before, model.get_weights()))
+    assert plan.total_steps == plan.epochs * plan.steps_per_epoch + CALIBRATION_STEPS
+    # the kept steps read the schedule at its own pace; the rest of it spreads over the plan's other steps
+    fit_schedule_to_plan(model.optimizer, plan)
+    schedule = model.optimizer._learning_rate
+    end = 64 * 50
+    assert float(schedule.position(CALIBRATION_STEPS)) == pytest.approx(CALIBRATION_STEPS)
+    assert float(schedule.position(plan.total_steps)) == pytest.approx(end, rel=1e-5)
+    halfway = (CALIBRATION_STEPS + plan.total_steps) / 2
+    assert float(schedule.position(halfway)) == pytest.approx((CALIBRATION_STEPS + end) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "lr, configured_epochs, why",
+    [
+        (0.01, 1, "a schedule of 64 steps: 30 calibration steps would be half of it"),
+        (1e30, 50, "the calibration diverged: its weights are not finite"),
+    ],
+)
+def test_calibration_steps_are_undone_when_they_cannot_stay(lr, configured_epochs, why):
+    model, ds = _calibration_model(lr, schedule_steps=64 * configured_epochs)
+    before = [w.copy() for w in model.get_weights()]
+    plan = _calibrate(model, ds, budget=60.0, configured_epochs=configured_epochs)
+    assert plan.calibration_steps == 0, why
+    assert int(model.optimizer.iterations) == 0
+    assert all((a == b).all() for a, b in zip(before, model.get_weights())), why
+    assert plan.total_steps == plan.epochs * plan.steps_per_epoch
+
+
+@pytest.mark.parametrize(
+    "per_pass, allowed, budget, expected",
+    [
+        (5.0, (6, 2, 1), 600.0, 6),  # 30 s of 600: within a tenth
+        (15.0, (6, 2, 1), 600.0, 2),  # 90 s would pass 60 s; 30 s fits
+        (40.0, (6, 2, 1), 600.0, 1),  # even two views (80 s) would not fit
+        (100.0, (6, 2, 1), 600.0, 1),  # nothing fits: the plain pass, the least there is
+        (15.0, (2, 1), 600.0, 2),
+        (1.0, (1,), 600.0, 1),  # trainer.tta=false stays one view however cheap
+    ],
+)
+def test_final_evaluation_views_fit_a_tenth_of_the_budget(per_pass, allowed, budget, expected):
+    from recipes.engine.budget import EVAL_SHARE, eval_views_that_fit
+
+    assert EVAL_SHARE == 0.10
+    assert eval_views_that_fit(per_pass, allowed, budget) == expected
+
+
+@pytest.mark.parametrize("train_limit, batch", [(500, 64), (2000, 100)])
+def test_calibration_trains_on_batches_the_first_epoch_does_not_start_with(train_limit, batch):
+    import numpy as np
+
+    from recipes.data import load_data
+    from recipes.engine.budget import CALIBRATION_STEPS
+    from recipes.engine.training import _datasets, calibration_dataset
+
+    cfg = get_recipe("mlp").config(
+        ["data.name=sample", f"data.train_limit={train_limit}", f"trainer.batch_size={batch}"]
+    )
+    data = load_data(cfg.data, seed=0)
+    calibration = [x.numpy() for x, _ in calibration_dataset(cfg, data, batch)]
+    assert len(calibration) >= CALIBRATION_STEPS  # 7 batches an epoch still give 30 steps
+    train, _ = _datasets(cfg, data, batch, 256, 0, None, 1)
+    first_epoch = [x.numpy() for x, _ in train]
+    assert not any(np.array_equal(c, f) for c in calibration[:5] for f in first_epoch[:5])

@@ -188,3 +188,32 @@ def test_airbench_hyperparameters_give_the_reference_steps_and_decay():
     )
     assert 0.2 < kept_torch < 0.8  # the decay is strong: a third to two thirds of the weight is gone
     np.testing.assert_allclose(np.log(kept_keras), np.log(kept_torch), rtol=0.03)
+
+
+def test_a_budget_evaluates_with_the_views_its_plan_chose():
+    from types import SimpleNamespace
+
+    from recipes.engine.evaluate import allowed_views, evaluate_test
+    from recipes.registry import get_recipe
+
+    model = PixelLinear()
+    model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 255, (40, 32, 32, 3)).astype(np.float32)
+    data = SimpleNamespace(x_test=x, y_test=rng.integers(0, 10, 40), num_classes=10)
+    cfg = get_recipe("fast").config()  # trainer.tta with 1-pixel shifts: 6 views
+
+    def probs(view):
+        return _softmax(view.reshape(len(view), -1) @ model.w)
+
+    assert allowed_views(cfg) == (6, 2, 1)
+    flip_only = np.mean([probs(x), probs(x[:, :, ::-1])], axis=0).argmax(-1)
+    two = evaluate_test(model, data, cfg, 16, views=2)
+    assert (two["tta_views"], two["tta"], two["tta_translate"]) == (2, True, 0)
+    assert two["test_accuracy"] == np.mean(flip_only == data.y_test)
+    one = evaluate_test(model, data, cfg, 16, views=1)
+    assert (one["tta_views"], one["tta"]) == (1, False)
+    assert one["test_accuracy"] == one["test_accuracy_no_tta"] == np.mean(probs(x).argmax(-1) == data.y_test)
+    assert evaluate_test(model, data, cfg, 16)["tta_views"] == 6  # no plan: the config's views
+    assert allowed_views(get_recipe("fast").config(["trainer.tta=false"])) == (1,)
+    assert allowed_views(get_recipe("fast").config(["trainer.tta_translate=0"])) == (2, 1)

@@ -14,7 +14,10 @@ ends in time with its schedule completed, and does not leave a quarter of its bu
 
 The optimizer is built once, for the configured schedule: :func:`calibrate` times its steps, and
 :func:`fit_schedule_to_plan` then sets the pace at which it reads that schedule so that it ends with the
-plan.
+plan. The calibration's steps are training steps: they stay in the model (``plan.calibration_steps``)
+and count towards the plan, instead of being thrown away. The final evaluation's test-time augmentation
+views are fitted to the budget too: the most views (of the configured ones) whose forward passes take at
+most ``EVAL_SHARE`` of it (``plan.final_eval_passes``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ SAFETY = 0.9  # plan on 90% of the time left: step times on a shared 2-core mach
 MAX_STRETCH = 2.0  # BudgetKeeper grows a plan to at most this many times its calibrated epochs
 GROW_MARGIN = 0.05  # ... and only while this fraction of the budget stays spare
 PACE_EPOCHS = 3  # BudgetKeeper's pace: the median time of this many latest epochs
+KEEP_SHARE = 0.25  # calibration steps stay as training when they are at most this share of the plan
+EVAL_SHARE = 0.10  # the final evaluation's views may take at most this share of the budget
 
 
 @dataclass
@@ -56,6 +61,8 @@ class BudgetPlan:
     trace_seconds: float = 0.0  # the first training step's tracing, paid again by the first epoch
     replans: list[dict] = field(default_factory=list)  # BudgetKeeper's re-plans, in order
     schedule_steps: int = 0  # the configured schedule's length in its own steps (0: total_steps)
+    calibration_steps: int = 0  # steps trained while calibrating, kept, and part of total_steps
+    final_eval_passes: int = 0  # test-time augmentation views of the final evaluation (0: the config's)
 
     @property
     def schedule_end(self) -> int:
@@ -121,11 +128,10 @@ def _time_epoch_end(model) -> float:
         return time.perf_counter() - start
 
 
-def _time_steps(model: keras.Model, train_ds) -> tuple[float, float]:
-    """Seconds per steady training step, and the first step's extra (tracing) seconds, over
-    ``CALIBRATION_STEPS`` steps of ``train_ds``; the weights and the optimizer state are restored after."""
-    weights = [np.array(w) for w in model.get_weights()]
-    optimizer_state = [np.array(v) for v in model.optimizer.variables]
+def _time_steps(model: keras.Model, train_ds) -> tuple[float, float, int]:
+    """Seconds per steady training step, the first step's extra (tracing) seconds, and the steps taken:
+    ``CALIBRATION_STEPS``, or fewer when ``train_ds`` runs out (they train the model: the caller decides
+    whether to keep them)."""
     timer = _StepTimer()
     fit_start = time.perf_counter()
     model.fit(
@@ -137,10 +143,35 @@ def _time_steps(model: keras.Model, train_ds) -> tuple[float, float]:
     # the mean, which counts the occasional wait for data that a median would hide.
     skip = SKIP_STEPS if len(gaps) > SKIP_STEPS + 2 else min(1, len(gaps) - 1)  # a tiny data set
     step = float(np.mean(gaps[skip:]))
-    model.set_weights(weights)
-    for variable, value in zip(model.optimizer.variables, optimizer_state):
-        variable.assign(value)
-    return step, max(0.0, float(gaps[0]) - step)
+    return step, max(0.0, float(gaps[0]) - step), len(gaps)
+
+
+class _SavedState:
+    """The model's weights and its optimizer's variables, copied so that they can be put back."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.weights = [np.array(w) for w in model.get_weights()]
+        self.optimizer = [np.array(v) for v in model.optimizer.variables]
+
+    def restore(self) -> None:
+        self.model.set_weights(self.weights)
+        for variable, value in zip(self.model.optimizer.variables, self.optimizer):
+            variable.assign(value)
+
+
+def _all_finite(model: keras.Model) -> bool:
+    return all(np.isfinite(np.asarray(w, dtype=np.float64)).all() for w in model.get_weights())
+
+
+def eval_views_that_fit(per_pass: float, allowed: tuple[int, ...], budget_seconds: float) -> int:
+    """The most test-time augmentation views among ``allowed`` (the configured count, then the cheaper
+    counts it falls back to) whose passes of ``per_pass`` seconds each take at most ``EVAL_SHARE`` of
+    the budget; the fewest when none does."""
+    for views in sorted(allowed, reverse=True):
+        if views * per_pass <= EVAL_SHARE * budget_seconds:
+            return views
+    return min(allowed)
 
 
 def best_plan(seconds: float, step: float, per_epoch: float, steps_per_epoch: int) -> tuple[int, int]:
@@ -169,39 +200,54 @@ def calibrate(
     eval_images: np.ndarray,
     eval_batch_size: int,
     val_examples: int,
-    final_eval_passes: int,
+    eval_views: tuple[int, ...] = (1,),
 ) -> BudgetPlan:
-    """Time ``CALIBRATION_STEPS`` training steps on ``train_ds`` (weights and optimizer restored after),
-    then plan the steps that fit in what is left of ``budget_seconds``.
+    """Train ``CALIBRATION_STEPS`` steps on ``train_ds``, timing them, then plan the steps that fit in
+    what is left of ``budget_seconds``.
 
-    ``eval_images``: the test images (raw; a slice is timed). ``final_eval_passes``: forward passes over
-    ``len(eval_images)`` test images at the end (one per TTA view). Raises ``ValueError`` when not even
-    one step fits.
+    The calibration's steps stay trained (``plan.calibration_steps``, part of ``plan.total_steps``) unless
+    they are more than ``KEEP_SHARE`` of the plan or left a weight non-finite: then the weights and the
+    optimizer are put back as they were. ``train_ds`` should hold batches the training does not start
+    with, so that kept steps do not repeat its first ones.
+
+    ``eval_images``: the test images (raw; a slice is timed). ``eval_views``: the final evaluation's
+    allowed forward passes over ``eval_images`` (one per test-time augmentation view): the configured
+    count first, then the cheaper counts it may fall back to; the plan takes the most that fit within
+    ``EVAL_SHARE`` of the budget (:func:`eval_views_that_fit`). Raises ``ValueError`` when not even one
+    step fits.
     """
     start = time.perf_counter()
-    step, trace = _time_steps(model, train_ds)
+    before = _SavedState(model)
+    step, trace, kept = _time_steps(model, train_ds)
     per_image = _time_predict(model, eval_images[: max(2 * eval_batch_size, 1024)], eval_batch_size)
     epoch_end = _time_epoch_end(model)
     calibration = time.perf_counter() - start
 
-    final_eval = per_image * len(eval_images) * final_eval_passes + epoch_end
+    views = eval_views_that_fit(per_image * len(eval_images), tuple(eval_views), budget_seconds)
+    final_eval = per_image * len(eval_images) * views + epoch_end
     per_epoch = per_image * val_examples + epoch_end + 0.1  # validation, checkpoint, curves, monitors
     left = budget_seconds - elapsed_seconds - calibration - final_eval - 2 * trace  # train + eval traces
     configured_steps = configured_epochs * steps_per_epoch
     total, epochs = best_plan(left * SAFETY, step, per_epoch, steps_per_epoch)
     if total < 1:
+        before.restore()
         raise ValueError(
             f"a budget of {budget_seconds:.0f}s leaves no time to train: one step takes {step:.2f}s, the "
             f"final evaluation about {final_eval:.0f}s and set-up {elapsed_seconds + calibration:.0f}s; "
             "raise trainer.budget or lower the evaluation cost (trainer.tta=false, data.val_size=0)"
         )
     per = max(1, total // epochs)
+    share = KEEP_SHARE * min(per * epochs + kept, configured_steps)
+    if kept > share or not _all_finite(model):
+        before.restore()  # too large a share of a tiny plan (or schedule) to train at its pace, or diverged
+        kept = 0
+    total_steps = per * epochs + kept
     return BudgetPlan(
         budget_seconds=budget_seconds,
         epochs=epochs,
         steps_per_epoch=per,
-        total_steps=per * epochs,
-        epoch_scale=per * epochs / configured_steps,
+        total_steps=total_steps,
+        epoch_scale=total_steps / configured_steps,
         seconds_per_step=round(step, 5),
         calibration_seconds=round(calibration, 2),
         reserved_seconds=round(final_eval + epochs * per_epoch + 2 * trace, 2),
@@ -210,18 +256,23 @@ def calibrate(
         final_eval_seconds=round(final_eval, 2),
         trace_seconds=round(trace, 2),
         schedule_steps=configured_steps,
+        calibration_steps=kept,
+        final_eval_passes=views,
     )
 
 
 def fit_schedule_to_plan(optimizer, plan: BudgetPlan) -> None:
     """Read the configured schedule at the pace that ends it at the plan's last step: the optimizer built
     for the configured epochs (and timed by :func:`calibrate`) is the one that trains, not a second one.
-    Warmup and every other epoch-denominated length stretch with the whole schedule."""
+    Warmup and every other epoch-denominated length stretch with the whole schedule. Kept calibration
+    steps read it at its own pace; the rest of it is spread over the plan's remaining steps."""
     optimizer = unwrap_optimizer(optimizer)
     schedule = getattr(optimizer, "_learning_rate", None)
     if not isinstance(schedule, Replannable):
         raise TypeError("a budget run's optimizer must read its schedule through callbacks.Replannable")
-    schedule.set_pace(0, 0.0, plan.schedule_end / plan.total_steps)
+    done = plan.calibration_steps
+    position = float(keras.ops.convert_to_numpy(schedule.position(done))) if done else 0.0
+    schedule.set_pace(done, position, (plan.schedule_end - position) / (plan.total_steps - done))
     if hasattr(optimizer, "set_total_steps"):
         optimizer.set_total_steps(plan.total_steps)
 

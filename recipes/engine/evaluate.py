@@ -29,6 +29,20 @@ def eval_passes(cfg) -> int:
     return 6 if cfg.trainer.tta_translate else 2  # the image, two shifts, and each one's mirror image
 
 
+def allowed_views(cfg) -> tuple[int, ...]:
+    """The view counts a budget may evaluate with: the configured one, then the cheaper ones it falls
+    back to (the image and its mirror image; the image alone)."""
+    return tuple(v for v in (6, 2, 1) if v <= eval_passes(cfg))
+
+
+def _views_setting(cfg, views: int | None) -> tuple[bool, int]:
+    """``(tta, translate)`` for ``views`` passes (None: the configured ones)."""
+    t = cfg.trainer
+    if views is None or views >= eval_passes(cfg):
+        return t.tta, t.tta_translate if t.tta else 0
+    return views >= 2, 0
+
+
 def predict_views(model, x: np.ndarray, batch_size: int, tta: bool, translate: int = 0) -> list[np.ndarray]:
     """The logits of each of :func:`tta_views` (only of ``x`` without ``tta``); the first is ``x``'s."""
     views = tta_views(x, translate) if tta else [x]
@@ -48,11 +62,12 @@ def predict_tta(model, x: np.ndarray, batch_size: int, tta: bool, translate: int
     return np.mean([softmax(z) for z in predict_views(model, x, batch_size, tta, translate)], axis=0)
 
 
-def evaluate_test(model: keras.Model, data, cfg, batch_size: int) -> dict:
-    """Test accuracy (with TTA when ``trainer.tta``) and without, the plain test loss, and the seconds."""
+def evaluate_test(model: keras.Model, data, cfg, batch_size: int, views: int | None = None) -> dict:
+    """Test accuracy (with TTA when ``trainer.tta``) and without, the plain test loss, and the seconds.
+    ``views``: at most this many TTA views (a budget's plan: :func:`allowed_views`), None: the config's."""
     start = time.perf_counter()
-    t = cfg.trainer
-    logits = predict_views(model, data.x_test.astype(np.float32), batch_size, t.tta, t.tta_translate)
+    tta, translate = _views_setting(cfg, views)
+    logits = predict_views(model, data.x_test.astype(np.float32), batch_size, tta, translate)
     probs = np.mean([softmax(z) for z in logits], axis=0)
     plain = softmax(logits[0])
     onehot = keras.ops.one_hot(data.y_test, data.num_classes)
@@ -62,7 +77,8 @@ def evaluate_test(model: keras.Model, data, cfg, batch_size: int) -> dict:
         "test_accuracy_no_tta": float(np.mean(plain.argmax(-1) == data.y_test)),
         "test_loss": float(keras.ops.convert_to_numpy(model.loss(onehot, logits[0]))),
         "test_examples": len(data.x_test),
-        "tta": t.tta,
-        "tta_translate": t.tta_translate if t.tta else 0,
+        "tta": tta,
+        "tta_translate": translate,
+        "tta_views": len(logits),
         "eval_seconds": round(time.perf_counter() - start, 2),
     }

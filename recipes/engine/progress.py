@@ -30,11 +30,14 @@ def duration_text(seconds: float) -> str:
 
 def plan_line(plan, batch_size: int) -> str:
     """The budget's plan, as the run announces it."""
+    kept = f"{plan.calibration_steps} trained while calibrating and " if plan.calibration_steps else ""
+    views = plan.final_eval_passes
+    evaluation = "the final evaluation" + (f" ({views} view{'s' if views > 1 else ''})" if views else "")
     return (
         f"Budget {plan.budget_seconds:.0f}s: {plan.seconds_per_step * 1000:.0f} ms per step of {batch_size}, "
-        f"planned {plan.total_steps} steps ({plan.epochs} epochs of {plan.steps_per_epoch}, "
+        f"planned {plan.total_steps} steps ({kept}{plan.epochs} epochs of {plan.steps_per_epoch}, "
         f"{plan.epoch_scale:.2f}x the configured schedule), {plan.reserved_seconds:.0f}s kept for "
-        "compiling, validation, checkpoints and the final evaluation"
+        f"compiling, validation, checkpoints and {evaluation}"
     )
 
 

@@ -41,7 +41,7 @@ from recipes.engine.checkpoint import (
 )
 from recipes.engine.compute import compute_report
 from recipes.engine.distribute import distribution, distribution_for_run
-from recipes.engine.evaluate import eval_passes, evaluate_test
+from recipes.engine.evaluate import allowed_views, evaluate_test
 from recipes.engine.keep_best import keep_best_callbacks, kept_report
 from recipes.engine.multi_worker import agreed_state, finish_worker, fit_function, run_directory
 from recipes.engine.precision import resolve_precision
@@ -55,7 +55,13 @@ from recipes.engine.run_dir import (
     run_info,
     write_failure,
 )
-from recipes.engine.training import Training, build_training, data_stats, setup_determinism
+from recipes.engine.training import (
+    Training,
+    build_training,
+    calibration_dataset,
+    data_stats,
+    setup_determinism,
+)
 from recipes.registry import Recipe, get_recipe
 
 EXIT_DIVERGED = 3
@@ -181,23 +187,23 @@ def resume(r: _Run) -> None:
 
 def build(r: _Run) -> Training:
     """A fresh model of the recipe, compiled with its optimizer over the configured schedule (the one
-    that trains: a budget's plan sets the pace it is read at). The datasets only when a budget needs them
-    to time the steps."""
-    setup = build_training(r.recipe, r.cfg, r.data, monitors=False, datasets=r.budget_seconds is not None)
+    that trains: a budget's plan sets the pace it is read at)."""
+    setup = build_training(r.recipe, r.cfg, r.data, monitors=False, datasets=False)
     r.model = setup.model
     return setup
 
 
 def plan(r: _Run, probe: Training) -> None:
-    """Without a budget, the configured epochs. With one, time the model's steps on ``probe``'s data and
-    plan the steps that fit; the optimizer's schedule is then read at the pace that ends it with the plan."""
+    """Without a budget, the configured epochs. With one, train and time the model's first steps (on
+    batches of an epoch no run reaches; they stay trained) and plan the steps that fit, and the final
+    evaluation's views; the optimizer's schedule is then read at the pace that ends it with the plan."""
     if r.budget_seconds is None:
         r.plan = FixedPlan(r.cfg.trainer.epochs)
         return
     try:
         r.plan = calibrate(
             r.model,
-            probe.train_ds,
+            calibration_dataset(r.cfg, r.data, probe.batch_size),
             budget_seconds=r.budget_seconds,
             elapsed_seconds=time.perf_counter() - r.clock,
             steps_per_epoch=probe.steps_per_epoch,
@@ -205,7 +211,7 @@ def plan(r: _Run, probe: Training) -> None:
             eval_images=r.data.x_test,
             eval_batch_size=probe.eval_batch_size,
             val_examples=len(r.data.x_val),
-            final_eval_passes=eval_passes(r.cfg),
+            eval_views=allowed_views(r.cfg),
         )
     except ValueError as e:
         raise ConfigError(f"trainer.budget={r.cfg.trainer.budget}: {e}") from None
@@ -306,7 +312,8 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         result.diverged = True
         result.messages.append(guard.stop_info["advice"])
     else:
-        metrics.update(evaluate_test(model, r.data, r.cfg, training.eval_batch_size))
+        views = r.plan.final_eval_passes if isinstance(r.plan, BudgetPlan) else 0  # 0: the config's
+        metrics.update(evaluate_test(model, r.data, r.cfg, training.eval_batch_size, views or None))
         diagnosis = diagnose_fit(rows, r.data.num_classes)
         if diagnosis:
             metrics["fit_diagnosis"] = diagnosis

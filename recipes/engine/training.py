@@ -5,6 +5,7 @@ datasets, the steps per epoch and the callbacks."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -309,6 +310,28 @@ def build_training(
     if plateau is not None:
         watch.append(plateau)
     return Training(model, batch, spe, epochs, train_ds, val_ds, eval_batch, [*cbs, *watch], guard)
+
+
+CALIBRATION_EPOCH = 1 << 20  # an epoch index no run reaches: its seeded batches are the calibration's
+
+
+def calibration_dataset(cfg, data, batch_size: int):
+    """Augmented training batches a budget's calibration trains on: the permutations and augmentation of
+    epochs no run reaches (from ``CALIBRATION_EPOCH`` on, enough of them for ``CALIBRATION_STEPS``), so
+    that the steps it keeps do not repeat the first epoch's first batches."""
+    from recipes.engine.budget import CALIBRATION_STEPS
+
+    check_batch(batch_size, distribution(cfg))
+    epochs = math.ceil(CALIBRATION_STEPS / pipeline.steps_per_epoch(len(data.x_train), batch_size))
+    return pipeline.recipe_train_dataset(
+        cfg,
+        data.x_train,
+        data.y_train,
+        num_classes=data.num_classes,
+        batch_size=batch_size,
+        first_epoch=CALIBRATION_EPOCH,
+        epochs=CALIBRATION_EPOCH + epochs,
+    )
 
 
 def _datasets(cfg, data, batch: int, eval_batch: int, first_epoch: int, steps: int | None, epochs: int):

@@ -87,7 +87,11 @@ class FastModelConfig:
         min_exclusive=True,
     )
     bn_momentum: float = spec(0.6, "batch-norm moving-average momentum", min=0.0, max=0.9999)
-    activation: str = spec("gelu", "nonlinearity", choices=("gelu", "relu", "swish"))
+    activation: str = spec(
+        "gelu",
+        "nonlinearity: exact GELU, its tanh approximation (cheaper on CPUs), ReLU or swish",
+        choices=("gelu", "gelu_tanh", "relu", "swish"),
+    )
     logit_scale: float = spec(
         0.111111, "the logits are multiplied by this", min=0.0, max=1e3, min_exclusive=True
     )
@@ -195,9 +199,10 @@ def _bn(momentum: float, name: str, sync: bool = False) -> keras.layers.Layer:
     train_callbacks=lambda cfg, scale: train_callbacks(cfg, scale),
 )
 def build_model(cfg: FastConfig, stats: dict) -> keras.Model:
-    from layers import PatchWhitening, adapt_whitening
+    from layers import PatchWhitening, adapt_whitening, get_activation
 
     m = cfg.model
+    activation = get_activation(m.activation)
     inputs = keras.Input(shape=stats["input_shape"], name="image")
     x = keras.layers.Normalization(mean=stats["mean"], variance=stats["variance"], name="normalize")(inputs)
     channels = stats["input_shape"][-1]
@@ -205,15 +210,15 @@ def build_model(cfg: FastConfig, stats: dict) -> keras.Model:
         x = PatchWhitening(2, eps=m.whiten_eps, name="whiten")(x)
     else:
         x = keras.layers.Conv2D(2 * 4 * channels, 2, padding="valid", name="whiten")(x)
-    x = keras.layers.Activation(m.activation, name="whiten_act")(x)
+    x = keras.layers.Activation(activation, name="whiten_act")(x)
     for i, width in enumerate((m.width1, m.width2, m.width3), start=1):
         x = _conv(width, f"block{i}_conv1", m.identity_init, m.init_scale)(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
         x = _bn(m.bn_momentum, f"block{i}_bn1", m.sync_batch_norm)(x)
-        x = keras.layers.Activation(m.activation, name=f"block{i}_act1")(x)
+        x = keras.layers.Activation(activation, name=f"block{i}_act1")(x)
         x = _conv(width, f"block{i}_conv2", m.identity_init, m.init_scale)(x)
         x = _bn(m.bn_momentum, f"block{i}_bn2", m.sync_batch_norm)(x)
-        x = keras.layers.Activation(m.activation, name=f"block{i}_act2")(x)
+        x = keras.layers.Activation(activation, name=f"block{i}_act2")(x)
     x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
     x = keras.layers.Dense(stats["num_classes"], use_bias=False, dtype="float32", name="head")(x)
     outputs = keras.layers.Rescaling(m.logit_scale, dtype="float32", name="logits")(x)
