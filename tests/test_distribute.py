@@ -24,6 +24,7 @@ from recipes import run
 from recipes.config import ConfigError
 from recipes.engine import distribute
 from recipes.engine.distribute import Distribution, check_batch, cpu_devices, read_tf_config
+from tests import processes
 from tests.conftest import ROOT
 from tests.distributed_worker import nan_guard_run, train_steps
 
@@ -39,23 +40,22 @@ def _env(**extra: str) -> dict:
     return {**env, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
-def _finish(procs: list[subprocess.Popen], timeout: int = 240) -> list[tuple[int, str, str]]:
+def _finish(procs: list[processes.Process], timeout: int = 240) -> list[tuple[int, str, str]]:
     results = []
     for proc in procs:
         try:
-            out, err = proc.communicate(timeout=timeout)
+            done = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             for p in procs:
                 p.kill()
             raise
-        results.append((proc.returncode, out, err))
+        results.append((done.returncode, done.stdout, done.stderr))
     return results
 
 
-def _start(args: list[str], env: dict, cwd=ROOT) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def _start(args: list[str], env: dict, cwd=ROOT) -> processes.Process:
+    """``python ARGS``: a new process, whose TensorFlow has not initialised its devices."""
+    return processes.Process(args[0], args[1:], env=env, cwd=cwd)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -360,20 +360,8 @@ def test_a_search_trains_its_trials_under_tune_strategy(tmp_path):
     """``tune.strategy=mirrored`` on two logical CPUs: keras-tuner's distribution_strategy and the trials'
     own scope are one strategy, and the trial completes (the hypermodel's fit is ``model.fit``)."""
     args = ["recipe=mlp", *MLP, "tune.max_trials=1", "tune.coarse_epochs=1", f"trainer.out_dir={tmp_path}"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "cli.py"),
-            "tune",
-            *args,
-            "tune.strategy=mirrored",
-            "trainer.cpu_replicas=2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=_env(),
-        cwd=ROOT,
+    proc = processes.run(
+        ROOT / "cli.py", "tune", *args, "tune.strategy=mirrored", "trainer.cpu_replicas=2", env=_env()
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "trials.csv")))

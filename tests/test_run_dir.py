@@ -19,6 +19,7 @@ import recipes.engine.atomic
 from recipes import run
 from recipes.engine.atomic import write_json, write_text
 from recipes.engine.run_dir import LOCK_NAME, default_out_dir
+from tests import processes
 from tests.conftest import ROOT
 
 TINY = [
@@ -289,13 +290,7 @@ def _whole_run(out) -> None:
 
 def _killed_at_write(site: str, args: list[str]) -> None:
     """``cli.py ARGS`` in a process that SIGKILLs itself in the write ``site`` (NAME:N) names."""
-    killed = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "kill_points.py"), "write", site, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    killed = processes.run(ROOT / "tests" / "kill_points.py", "write", site, *args)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
 

@@ -1,9 +1,8 @@
 """End to end: real runs of the CLI on a few hundred images of the bundled sample."""
 
 import json
+import shutil
 import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,6 +12,7 @@ import yaml
 import callbacks  # noqa: F401  (registers Warmup, which the saved optimizer uses)
 from recipes import run
 from recipes.config import merge_overrides
+from tests import processes
 from tests.conftest import ROOT, run_cli
 
 SMOKE = ["data.name=sample", "data.train_limit=256", "data.val_size=100", "trainer.batch_size=64"]
@@ -112,42 +112,41 @@ def test_one_epoch_run_writes_every_output_and_the_model_takes_raw_images(tmp_pa
     assert np.mean(np.argmax(both, -1) == y_test) == pytest.approx(metrics["test_accuracy"])
 
 
-def test_same_seed_gives_identical_weights(tmp_path):
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch run of a tiny resnet_small, trained once for the module, and its overrides less
+    ``trainer.out_dir``: tests compare with it or work on a copy."""
     args = [
         *merge_overrides(SMOKE, ["data.train_limit=128"]),
-        "trainer.epochs=1",
+        "trainer.epochs=2",
         "model.width=4",
         "model.depth_blocks=1",
         "trainer.verbose=silent",
     ]
-    weights = []
-    for name in ("a", "b"):
-        run("resnet_small", [*args, f"trainer.out_dir={tmp_path / name}"], echo=lambda *a: None)
-        model = keras.saving.load_model(tmp_path / name / "model.keras")
-        weights.append(model.get_weights())
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run("resnet_small", [*args, f"trainer.out_dir={out}"], echo=lambda *a: None)
+    return out, args
+
+
+def test_same_seed_gives_identical_weights(tmp_path, finished):
+    first, args = finished
+    run("resnet_small", [*args, f"trainer.out_dir={tmp_path / 'b'}"], echo=lambda *a: None)
+    weights = [keras.saving.load_model(out / "model.keras").get_weights() for out in (first, tmp_path / "b")]
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
 
 
-def test_resume_refuses_a_different_config(tmp_path, capsys):
+def test_resume_refuses_a_different_config(tmp_path, capsys, finished):
     import cli
 
     out = tmp_path / "run"
-    args = [
-        *SMOKE,
-        "trainer.epochs=1",
-        "model.width=4",
-        "model.depth_blocks=1",
-        f"trainer.out_dir={out}",
-        "trainer.verbose=silent",
-    ]
-    run("resnet_small", args, echo=lambda *a: None)
+    shutil.copytree(finished[0], out)
+    changed = [*(a for a in finished[1] if a != "trainer.epochs=2"), f"trainer.out_dir={out}"]
     capsys.readouterr()
-    changed = [a for a in args if a != "trainer.epochs=1"]
-    code = cli.main(["run", "recipe=resnet_small", *changed, "optimizer.lr=0.3", "trainer.epochs=2"])
+    code = cli.main(["run", "recipe=resnet_small", *changed, "optimizer.lr=0.3", "trainer.epochs=3"])
     err = capsys.readouterr().err
     assert code == 2  # a one-line error, not an exception (the CLI's own process is tested elsewhere)
-    assert "optimizer.lr: 0.1 -> 0.3" in err and "trainer.epochs: 1 -> 2" in err
+    assert "optimizer.lr: 0.1 -> 0.3" in err and "trainer.epochs: 2 -> 3" in err
 
 
 def test_killed_run_resumes_from_its_last_epoch(tmp_path):
@@ -161,20 +160,14 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     ]
     args = ["run", "recipe=resnet_small", *overrides]
     # SIGKILLed by its own callback after batch 3 of epoch 2: epoch 1 is checkpointed, epoch 2 half done
-    killed = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "kill_points.py"), "step", "1:3", "resnet_small", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    killed = processes.run(ROOT / "tests" / "kill_points.py", "step", "1:3", "resnet_small", *overrides)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     state = out / "state.json"
     done = json.loads(state.read_text())["epochs_completed"]
     assert done == 1
     assert not (out / "metrics.json").exists()
 
-    resumed = run_cli(*args)
+    resumed = processes.run(ROOT / "cli.py", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resumed {out} from epoch {done}/4" in resumed.stdout
     history = (out / "history.csv").read_text().splitlines()
@@ -191,17 +184,10 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     assert last_lr == pytest.approx(expected, rel=1e-4)
 
 
-def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, finished):
     out = tmp_path / "run"
-    args = [
-        *SMOKE,
-        "trainer.epochs=2",
-        "model.width=4",
-        "model.depth_blocks=1",
-        f"trainer.out_dir={out}",
-        "trainer.verbose=silent",
-    ]
-    run("resnet_small", args, echo=lambda *a: None)
+    shutil.copytree(finished[0], out)
+    args = [*finished[1], f"trainer.out_dir={out}"]
     newest = out / "checkpoints" / "epoch-002.keras"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
     (out / "metrics.json").unlink()
@@ -214,7 +200,8 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 def test_diverging_run_exits_non_zero_and_says_so(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(
+    proc = processes.run(
+        ROOT / "cli.py",
         "run",
         "recipe=mlp",
         *SMOKE,

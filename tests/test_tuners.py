@@ -3,8 +3,7 @@
 import json
 import math
 import signal
-import subprocess
-import sys
+import socket
 import time
 
 import keras_tuner as kt
@@ -12,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests import processes
+from tests.conftest import ROOT
 from tuners import coarse_to_fine, hypermodel, narrow_space, trials_frame
 
 FIXED = {"model__width": 32, "trainer__batch_size": 64}
@@ -190,16 +190,21 @@ def _completed_trials(out) -> dict:
     return done
 
 
-# random search's resume path is grid's without the grid's saved order; the unit tests below cover it
-@pytest.mark.parametrize("tuner, total", [("grid", 4), ("coarse_to_fine", 6)])
-def test_cli_search_killed_midway_resumes_with_the_remaining_trials(tmp_path, tuner, total):
+# random search's resume path is grid's without the grid's saved order; the unit tests below cover it.
+# Four trials: two finished, one running and one to come (coarse_to_fine's in stage 2)
+@pytest.mark.parametrize(
+    "tuner, size",
+    [("grid", ["tune.max_trials=4"]), ("coarse_to_fine", ["tune.max_trials=3", "tune.fine_trials=1"])],
+    ids=["grid", "coarse_to_fine"],
+)
+def test_cli_search_killed_midway_resumes_with_the_remaining_trials(tmp_path, tuner, size):
     out = tmp_path / "search"
+    total = 4
     args = [
         "tune",
         "recipe=mlp",
         f"tuner={tuner}",
-        "tune.max_trials=4",
-        "tune.fine_trials=2",
+        *size,
         "data.name=sample",
         "data.train_limit=256",
         "data.val_size=100",
@@ -208,17 +213,11 @@ def test_cli_search_killed_midway_resumes_with_the_remaining_trials(tmp_path, tu
         f"trainer.out_dir={out}",
     ]
     # SIGKILLed by the process itself as its third trial starts: two trials done, the third running
-    killed = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "kill_points.py"), "trial", "3", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    killed = processes.run(ROOT / "tests" / "kill_points.py", "trial", "3", *args)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     before = _completed_trials(out)
     assert len(before) == 2, before
-    resumed = run_cli(*args)
+    resumed = processes.run(ROOT / "cli.py", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = _completed_trials(out)
     statuses = {
@@ -290,7 +289,8 @@ def test_bad_tuner_options_are_one_line_errors(capsys):
 
 def test_search_space_bounds_can_be_overridden(tmp_path):
     out = tmp_path / "search"
-    proc = run_cli(
+    proc = processes.run(
+        ROOT / "cli.py",
         "tune",
         "recipe=mlp",
         "tune.max_trials=3",
@@ -344,11 +344,20 @@ def test_every_keras_tuner_search_runs_on_a_recipe(tmp_path, tuner):
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _wait_until_listening(port: int, chief: processes.Process, timeout: float = 120) -> None:
+    """Until the chief accepts connections on ``port`` (its oracle server is up), or it has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and chief.running():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
 
 
 def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
@@ -356,8 +365,6 @@ def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
 
     out = tmp_path / "search"
     args = [
-        sys.executable,
-        str(ROOT / "cli.py"),
         "tune",
         "recipe=mlp",
         "tune.max_trials=4",
@@ -368,20 +375,19 @@ def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
         "trainer.epochs=1",
         f"trainer.out_dir={out}",
     ]
-    port = str(_free_port())
+    port = _free_port()
     procs = {}
     for tuner_id in ("chief", "tuner0", "tuner1"):
-        env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_PORT": port}
+        env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_PORT": str(port)}
         env.pop("KERASTUNER_ORACLE_IP", None)  # our CLI binds to loopback when no host is named
-        procs[tuner_id] = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        procs[tuner_id] = processes.Process(ROOT / "cli.py", args, env=env)
         if tuner_id == "chief":
-            time.sleep(3)  # let the chief start its oracle server first
+            _wait_until_listening(port, procs[tuner_id])  # the chief's oracle server first
     outputs = {}
     for tuner_id, proc in procs.items():
-        outputs[tuner_id] = proc.communicate(timeout=300)[0]
-        assert proc.returncode == 0, f"{tuner_id}: {outputs[tuner_id][-2000:]}"
+        done = proc.wait(timeout=300)
+        outputs[tuner_id] = done.stdout + done.stderr
+        assert done.returncode == 0, f"{tuner_id}: {outputs[tuner_id][-2000:]}"
     trials = [json.loads(p.read_text()) for p in (out / "tuner" / "random").glob("trial_*/trial.json")]
     assert len(trials) == 4 and all(t["status"] == "COMPLETED" for t in trials)
     frame = pd.read_csv(out / "trials.csv")
