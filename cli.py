@@ -141,10 +141,12 @@ def cmd_run(args: list[str]) -> int:
     compute = m["compute"]
     rate = compute["train_gflops_per_second"]
     work = flops_text(compute["train_pflops"]) + (f" at {rate:.0f} GFLOP/s" if rate else "")
+    best = m["best_val_accuracy"]
+    validation = "no validation set (data.val_size=0)" if best is None else f"best val accuracy {best:.4f}"
     print(
         f"\ntest accuracy {m['test_accuracy']:.4f}{tta}, "
         f"test loss {m['test_loss']:.4f} on {m['test_examples']:,} images{sample}; "
-        f"best val accuracy {m['best_val_accuracy'] or float('nan'):.4f}; "
+        f"{validation}; "
         f"{m['epochs_completed']} epochs in {m['train_seconds']:.0f} s ({work})"
     )
     if m.get("fit_diagnosis"):

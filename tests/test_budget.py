@@ -428,3 +428,16 @@ def test_calibration_trains_on_batches_the_first_epoch_does_not_start_with(train
     train, _ = _datasets(cfg, data, batch, 256, 0, None, 1)
     first_epoch = [x.numpy() for x, _ in train]
     assert not any(np.array_equal(c, f) for c in calibration[:5] for f in first_epoch[:5])
+
+
+def test_a_budget_run_without_validation_trains_on_every_image(tmp_path, capsys):
+    import cli
+
+    args = _mlp_under_budget(tmp_path, 12.0, "data.train_limit=500", "data.val_size=0")
+    assert cli.main(["run", "recipe=mlp", *args]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_examples"] == 500 and metrics["best_val_accuracy"] is None
+    assert metrics["budget"]["schedule_completed"] and "fit_diagnosis" not in metrics
+    header = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
+    assert "accuracy" in header and "val_accuracy" not in header
+    assert "no validation set (data.val_size=0)" in capsys.readouterr().out
