@@ -323,19 +323,12 @@ def calibration_dataset(cfg, data, batch_size: int):
 
     check_batch(batch_size, distribution(cfg))
     epochs = math.ceil(CALIBRATION_STEPS / pipeline.steps_per_epoch(len(data.x_train), batch_size))
+    return _train_dataset(cfg, data, batch_size, CALIBRATION_EPOCH, None, CALIBRATION_EPOCH + epochs)
+
+
+def _train_dataset(cfg, data, batch: int, first_epoch: int, steps: int | None, epochs: int):
+    """``data``'s training batches for epochs ``first_epoch .. epochs-1`` (``steps`` per epoch, None: all)."""
     return pipeline.recipe_train_dataset(
-        cfg,
-        data.x_train,
-        data.y_train,
-        num_classes=data.num_classes,
-        batch_size=batch_size,
-        first_epoch=CALIBRATION_EPOCH,
-        epochs=CALIBRATION_EPOCH + epochs,
-    )
-
-
-def _datasets(cfg, data, batch: int, eval_batch: int, first_epoch: int, steps: int | None, epochs: int):
-    train = pipeline.recipe_train_dataset(
         cfg,
         data.x_train,
         data.y_train,
@@ -345,6 +338,10 @@ def _datasets(cfg, data, batch: int, eval_batch: int, first_epoch: int, steps: i
         steps_per_epoch=steps,
         epochs=epochs,
     )
+
+
+def _datasets(cfg, data, batch: int, eval_batch: int, first_epoch: int, steps: int | None, epochs: int):
+    train = _train_dataset(cfg, data, batch, first_epoch, steps, epochs)
     val = None
     if len(data.x_val):
         val = pipeline.eval_dataset(
