@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks, in one call of under 8 minutes on a machine with an NVIDIA GPU:
-#   1. the GPU-marked tests (auto precision and XLA on the GPU, a mirrored run over every GPU);
+#   1. the GPU-marked tests (auto precision, XLA and augmentation on the GPU, a mirrored run over every GPU);
 #   2. a mirrored resnet_small run on the bundled sample (2 epochs), over every visible GPU;
 #   3. `fast` at airbench94's widths (64/256/256, batch 1024) on the full CIFAR-10 copy under a 3-minute
 #      budget, printing its time to 94% test accuracy (benchmarks/time_to_accuracy.py --target 0.94).

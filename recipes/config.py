@@ -108,6 +108,12 @@ class DataConfig:
         False, "flip each image on alternate epochs (at random in the first) instead of at random"
     )
     pad_mode: str = spec("zeros", "padding for the random crop", choices=("zeros", "reflect"))
+    augment_on: str = spec(
+        "auto",
+        "where the crops, flips and cutout are applied: host (the input pipeline), device (the train step: "
+        "keeps a GPU fed), auto (device when a GPU is visible)",
+        choices=("auto", "host", "device"),
+    )
     cutout: int = spec(
         0, "side of a random square cut out of each training image (0 = off)", min=0, max=MAX_PIXELS
     )

@@ -231,15 +231,21 @@ def test_the_cli_refuses_bad_multi_worker_settings_in_one_line(
 
 def test_mirrored_steps_match_one_device(tmp_path):
     """Same global batch and seed: the first steps' losses and the weights after them agree, for a model
-    without batch norm and for one with synchronised batch norm (statistics over the global batch)."""
+    without batch norm and for one with synchronised batch norm (statistics over the global batch). The
+    first augments its images in the train step on the replicas (``data.augment_on=device``), its reference
+    in the input pipeline: each replica crops and flips its half of the batch as one device does."""
     steps = [*MLP, "schedule.warmup_epochs=0", "optimizer.lr=0.05"]  # steps that change the loss
-    variants = {"plain": steps, "sync_bn": [*steps, "model.batch_norm=true", "model.sync_batch_norm=true"]}
+    augmented = [*steps, "data.augment=true", "data.cutout=8"]
+    variants = {  # name: (mirrored's overrides, the one-device reference's)
+        "augmented": ([*augmented, "data.augment_on=device"], [*augmented, "data.augment_on=host"]),
+        "sync_bn": ([*steps, "model.batch_norm=true", "model.sync_batch_norm=true"],) * 2,
+    }
     procs = {
         name: _start([WORKER, "steps", str(tmp_path / f"{name}.npz"), "mlp", *o, *MIRRORED], _env())
-        for name, o in variants.items()
+        for name, (o, _) in variants.items()
     }
     results = dict(zip(procs, _finish(list(procs.values()))))
-    for name, overrides in variants.items():
+    for name, (_, overrides) in variants.items():
         code, _, err = results[name]
         assert code == 0, err[-3000:]
         losses, weights = train_steps("mlp", overrides)  # the reference: one device, in this process
@@ -326,13 +332,20 @@ def test_two_workers_train_like_one_device_and_resume_after_sigkill(tmp_path):
     resumes at epoch 1 and ends with one device's history and weights; the chief's run directory is
     complete and the other worker's temporary folder is gone."""
     out = tmp_path / "mw"
-    overrides = [*MLP, "trainer.strategy=multi_worker", f"trainer.out_dir={out}"]
+    # the workers crop and flip in their train step (data.augment_on=device), the reference in its pipeline
+    augmented = [*MLP, "data.augment=true"]
+    overrides = [
+        *augmented,
+        "data.augment_on=device",
+        "trainer.strategy=multi_worker",
+        f"trainer.out_dir={out}",
+    ]
     ports = _free_ports(2)
     killed = _on_workers([str(ROOT / "tests" / "kill_points.py"), "step", "1:0", "mlp", *overrides], ports)
     assert [code for code, _, _ in killed] == [-signal.SIGKILL] * 2, killed[0][2][-3000:]
     assert (out / "checkpoints" / "epoch-001.keras").exists() and (out / "workertemp_1").is_dir()
 
-    reference = run("mlp", [*MLP, f"trainer.out_dir={tmp_path / 'one'}"])  # while the ports settle
+    reference = run("mlp", [*augmented, f"trainer.out_dir={tmp_path / 'one'}"])  # while the ports settle
     resumed = _on_workers([str(ROOT / "cli.py"), "run", "recipe=mlp", *overrides], _free_ports(2))
     for code, _, err in resumed:
         assert code == 0, err[-3000:]
@@ -347,6 +360,7 @@ def test_two_workers_train_like_one_device_and_resume_after_sigkill(tmp_path):
     _assert_same_history(_history(out / "history.csv"), _history(reference.out_dir / "history.csv"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["strategy"], metrics["replicas"], metrics["global_batch_size"]) == ("multi_worker", 2, 64)
+    assert metrics["augment_on"] == "device"
     import keras
 
     import recipes

@@ -29,6 +29,7 @@ def test_auto_precision_and_xla_on_the_gpu(tmp_path, monkeypatch):
     result = run("resnet_small", [*TINY, f"trainer.out_dir={tmp_path}"])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["precision"] == policy
+    assert metrics["augment_on"] == "device"  # data.augment_on=auto: crops and flips in the train step
     assert result.model.jit_compile  # trainer.jit_compile=auto: XLA on a GPU
     assert "GPU" in result.model.weights[0].value.device
 

@@ -40,6 +40,7 @@ from recipes.engine.checkpoint import (
     save_inference_model,
 )
 from recipes.engine.compute import compute_report
+from recipes.engine.device_augment import augments_on_device
 from recipes.engine.distribute import distribution, distribution_for_run
 from recipes.engine.evaluate import allowed_views, evaluate_test
 from recipes.engine.keep_best import keep_best_callbacks, kept_report
@@ -299,6 +300,7 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         **distribution(r.cfg).record(batch),  # strategy, replicas, global_batch_size
         "ema": r.cfg.optimizer.ema,  # the decay of the averaged weights evaluated and saved; 0: the raw ones
         "precision": keras.mixed_precision.global_policy().name,  # trainer.precision, auto resolved
+        "augment_on": "device" if augments_on_device(r.cfg) else "host",  # data.augment_on, auto resolved
         "versions": library_versions(),
     }
     result = RunResult(out_dir=r.out_dir, metrics=metrics, resumed_from=r.first_epoch, model=model)

@@ -28,6 +28,7 @@ from callbacks import (
 from recipes.config import ConfigError
 from recipes.data import pipeline
 from recipes.engine.averaging import ema_validation
+from recipes.engine.device_augment import augments_on_device, set_train_augmentation
 from recipes.engine.distribute import check_batch, distribution
 from recipes.engine.optimizers import LookaheadSGD
 from recipes.registry import Recipe
@@ -291,6 +292,7 @@ def build_training(
         )
         if recompile or not model.compiled:
             compile_model(model, cfg, configured_spe)
+        set_train_augmentation(model, cfg, augments_on_device(cfg))
     spe = plan.steps_per_epoch if plan else configured_spe
     epochs = plan.max_epochs if plan else cfg.trainer.epochs
     eval_batch = max(batch, EVAL_BATCH_MIN)
@@ -337,6 +339,7 @@ def _train_dataset(cfg, data, batch: int, first_epoch: int, steps: int | None, e
         first_epoch=first_epoch,
         steps_per_epoch=steps,
         epochs=epochs,
+        on_device=augments_on_device(cfg),
     )
 
 
