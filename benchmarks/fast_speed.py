@@ -94,17 +94,23 @@ def build(spec: dict, steps: int):
 
 
 def time_steps(model, ds, steps: int) -> float:
-    """Seconds per step from the end of the first of ``steps`` to the end of the last: ``fit``'s set-up
-    and teardown left out (an iterator's teardown once waited seconds for tf.data's autotuner, which
-    made every variant's figure a multiple of one period; see pipeline.without_autotune_wait)."""
+    """Seconds per step from the end of the first execution of ``steps`` to the end of the last, by a
+    batch hook (host-synchronised steps, as a CPU trains anyway): ``fit``'s set-up and teardown left
+    out (an iterator's teardown once waited seconds for tf.data's autotuner, which made every variant's
+    figure a multiple of one period; see pipeline.without_autotune_wait)."""
     import keras
 
-    ends: list[float] = []
-    clock = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter())
-    )
+    ends: list[tuple[int, float]] = []  # (the step a hook ended, when): one per execution (spe4: 4 steps)
+
+    def stamp(batch, logs):
+        ends.append((batch, time.perf_counter()))
+
+    clock = keras.callbacks.LambdaCallback(on_train_batch_end=stamp)
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock])
-    return (ends[-1] - ends[0]) / (len(ends) - 1)
+    (first_step, first), (last_step, last) = ends[0], ends[-1]
+    if last_step == first_step:
+        raise SystemExit(f"{steps} steps give one timed execution: raise --steps")
+    return (last - first) / (last_step - first_step)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     built = {n: build(VARIANTS[n], args.steps) for n in names}
     for model, ds, _ in built.values():
-        time_steps(model, ds, 4)  # trace and warm up
+        time_steps(model, ds, 8)  # trace and warm up
     rates: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for n in names:

@@ -11,9 +11,12 @@ import pytest
 import tensorflow as tf
 
 from recipes import run
-from recipes.config import ConfigError
+from recipes.config import ConfigError, to_yaml
+from recipes.data import load_data
 from recipes.data.pipeline import apply_augmentation, train_dataset
 from recipes.engine.device_augment import AugmentingTrainStep, augments_on_device, set_train_augmentation
+from recipes.engine.run_dir import check_resume
+from recipes.engine.training import build_training
 from recipes.registry import get_recipe
 from tests.distributed_worker import train_steps
 
@@ -70,7 +73,8 @@ def test_the_device_pipeline_yields_the_host_pipelines_draws(settings):
             pad_mode=settings.get("pad_mode", "zeros"),
         )
         np.testing.assert_array_equal(xh.numpy(), applied.numpy())
-    assert not np.array_equal(host[0][0].numpy(), host[0][0].numpy()[:, :, ::-1])  # it does augment
+    plain = list(train_dataset(x, y, augment=False, **common))  # the same images, not augmented
+    assert any(not np.array_equal(a.numpy(), p.numpy()) for (a, _), (p, _) in zip(host, plain))
 
 
 @pytest.mark.parametrize(
@@ -92,6 +96,20 @@ def test_training_with_device_augmentation_matches_the_pipelines(recipe, extra):
     np.testing.assert_allclose(device_losses, host_losses, rtol=1e-6, atol=1e-6)
     for h, d in zip(host_weights, device_weights):
         np.testing.assert_allclose(d, h, rtol=1e-6, atol=1e-6)
+
+
+def test_build_training_wires_the_place_it_is_given():
+    recipe = get_recipe("resnet_small")
+    for place, wrapped, images_dtype in (("device", True, tf.uint8), ("host", False, tf.float32)):
+        cfg = recipe.config([*TINY, "model.depth_blocks=1", "model.width=8", f"data.augment_on={place}"])
+        data = load_data(cfg.data, seed=cfg.trainer.seed)
+        training = build_training(recipe, cfg, data, monitors=False)
+        assert isinstance(training.model.train_step, AugmentingTrainStep) is wrapped
+        x_spec = training.train_ds.element_spec[0]
+        images = x_spec[0] if wrapped else x_spec
+        assert images.dtype == images_dtype
+        if wrapped:
+            assert set(x_spec[1]) == {"offset", "mirror"}  # resnet_small: crops and flips, no cutout
 
 
 def test_device_augmentation_compiles_under_xla_as_on_a_gpu():
@@ -134,8 +152,37 @@ def test_the_wrapper_is_put_on_once_taken_off_and_never_saved(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert not isinstance(loaded.train_step, AugmentingTrainStep)
     np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
+    before = model.get_weights()[0].copy()
+    model.train_on_batch(np.ones((8, 4, 4, 3), np.float32), np.eye(2, dtype=np.float32)[np.arange(8) % 2])
+    assert not np.array_equal(model.get_weights()[0], before)  # a plain batch passes through (check, users)
     set_train_augmentation(model, cfg, False)
     assert not isinstance(model.train_step, AugmentingTrainStep) and "train_step" not in vars(model)
+    assert model.train_function is None  # traced again with the class's own step at the next fit
+
+
+def test_a_model_without_an_input_shape_is_refused_in_one_line():
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(keras.ops.reshape(x, (-1, 48)))
+
+    cfg = get_recipe("resnet_small").config(["data.augment_on=device"])
+    for model in (Subclassed(), keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(2)])):
+        with pytest.raises(ConfigError, match="needs a model whose input shape is known") as e:
+            set_train_augmentation(model, cfg, True)
+        assert "data.augment_on=host" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_run_resumes_with_the_augmentation_moved(tmp_path):
+    # the same batches either way: moving it is no change of the run, unlike a change of what is drawn
+    recipe = get_recipe("resnet_small")
+    (tmp_path / "config.yaml").write_text(to_yaml(recipe.config(["data.augment_on=device"])))
+    check_resume(tmp_path, recipe, recipe.config(["data.augment_on=host"]))
+    with pytest.raises(ConfigError, match="data.cutout: 0 -> 4"):
+        check_resume(tmp_path, recipe, recipe.config(["data.augment_on=host", "data.cutout=4"]))
 
 
 def test_where_the_augmentation_runs():
@@ -146,6 +193,10 @@ def test_where_the_augmentation_runs():
     assert augments_on_device(cfg("data.augment_on=device"))
     assert not augments_on_device(cfg("data.augment_on=host"))
     assert not augments_on_device(cfg("data.augment_on=device", "data.augment=false"))  # nothing to apply
+    assert not augments_on_device(cfg("data.augment_on=device", "data.crop_padding=0", "data.flip=false"))
+    assert augments_on_device(
+        cfg("data.augment_on=device", "data.crop_padding=0", "data.flip=false", "data.cutout=2")
+    )
 
 
 def test_auto_puts_it_on_a_visible_gpu(monkeypatch):

@@ -180,8 +180,9 @@ def without_autotune_wait(ds: tf.data.Dataset) -> tf.data.Dataset:
     """``ds`` with tf.data's autotuning model off. With it on (TF 2.21), deleting an iterator waits for
     the tuner's next round, whose period grows the longer the iterator ran: ``model.fit`` returned 3-7 s
     after its last step of a 10-40 step fit of ``fast`` and 12 s after a 2-minute iteration (2 vCPU
-    EPYC), time a budget run loses after calibration and training. Off, the ``AUTOTUNE`` map runs on
-    every core and the prefetch buffer still grows on demand: the same steps per second there."""
+    EPYC), time a budget run loses after calibration and training. Off, an ``AUTOTUNE`` map runs
+    ``min(16, cores)`` batches at once (each a whole batch of images: ample) and the prefetch buffer
+    still grows on demand: the same steps per second there."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)

@@ -222,7 +222,7 @@ def check_resume(out_dir: Path, recipe: Recipe, cfg) -> None:
             f"{out_dir} holds a checkpointed run whose config.yaml is {reason}, so it cannot be resumed "
             "safely; choose another trainer.out_dir (or delete the folder) to start afresh"
         ) from None
-    ignored = ("trainer.verbose", "trainer.out_dir")
+    ignored = ("trainer.verbose", "trainer.out_dir", "data.augment_on")  # the same batches either way
     changed = {k: v for k, v in diff(saved, cfg).items() if k not in ignored}
     if changed:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
