@@ -22,10 +22,10 @@ def draw_augmentation(
     cutout: int = 0,
     mirror: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
-    """Each image's random augmentation, drawn from ``seed`` (a shape-[2] int tensor): ``offset`` (B, 2)
-    of the crop in the padded image, ``mirror`` (B,) flips (1: flip), ``hole`` (B, 2) cutout corners, all
-    int32; only the keys
-    that ``padding``, ``flip`` and ``cutout`` switch on. ``mirror``, when given, decides the flips.
+    """Each image's random augmentation, drawn from ``seed`` (a shape-[2] int tensor), all int32:
+    ``offset`` (B, 2) of the crop in the padded image, ``mirror`` (B,) flips (1: flip), ``hole`` (B, 2)
+    cutout corners; only the keys that ``padding``, ``flip`` and ``cutout`` switch on. ``mirror``, when
+    given, decides the flips.
 
     A few numbers per image: cheap to draw in the input pipeline and to send to a device, which then does
     the pixel work (:func:`apply_augmentation`). Per image, so a batch split over replicas keeps its draws.
