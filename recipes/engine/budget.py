@@ -295,7 +295,10 @@ def budget_report(model: keras.Model, plan: BudgetPlan, used_seconds: float, res
 
 class FixedPlan:
     """A run without a budget: it ends after ``epochs``. Read, like a :class:`BudgetPlan`, through
-    ``stop_epoch`` and ``max_epochs`` (the progress output and fit's bound)."""
+    ``stop_epoch`` and ``max_epochs`` (the progress output and fit's bound) and ``final_eval_passes``
+    (0: the configured views)."""
+
+    final_eval_passes = 0
 
     def __init__(self, epochs: int):
         self.epochs = epochs

@@ -314,7 +314,7 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         result.diverged = True
         result.messages.append(guard.stop_info["advice"])
     else:
-        views = r.plan.final_eval_passes or None if isinstance(r.plan, BudgetPlan) else None  # the config's
+        views = r.plan.final_eval_passes or None  # None: the configured views
         metrics.update(evaluate_test(model, r.data, r.cfg, training.eval_batch_size, views))
         diagnosis = diagnose_fit(rows, r.data.num_classes)
         if diagnosis:

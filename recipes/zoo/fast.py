@@ -89,7 +89,7 @@ class FastModelConfig:
     bn_momentum: float = spec(0.6, "batch-norm moving-average momentum", min=0.0, max=0.9999)
     activation: str = spec(
         "gelu",
-        "nonlinearity: exact GELU, its tanh approximation (cheaper on CPUs), ReLU or swish",
+        "nonlinearity: exact GELU, its tanh approximation (within 1e-3 of it), ReLU or swish",
         choices=("gelu", "gelu_tanh", "relu", "swish"),
     )
     logit_scale: float = spec(
