@@ -438,7 +438,10 @@ def test_a_budget_run_without_validation_trains_on_every_image(tmp_path, capsys)
     assert cli.main(["run", "recipe=mlp", *args]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train_examples"] == 500 and metrics["best_val_accuracy"] is None
-    assert metrics["budget"]["schedule_completed"] and "fit_diagnosis" not in metrics
+    # every image in each epoch's batches (the last partial batch dropped); whether the schedule
+    # completes depends on this machine's pace over 12 s, which other tests cover
+    assert metrics["budget"]["steps_per_epoch"] == 500 // 64
+    assert "fit_diagnosis" not in metrics
     header = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
     assert "accuracy" in header and "val_accuracy" not in header
     assert "no validation set (data.val_size=0)" in capsys.readouterr().out
