@@ -48,6 +48,18 @@ VARIANTS: dict[str, dict] = {
         "overrides": ["model.activation=gelu_tanh", "data.augment_on=device"],
         "policy": "mixed_bfloat16",
     },
+    "bf16_airbench93": {
+        "overrides": ["model.width1=64", "model.width2=128", "model.width3=128"],
+        "policy": "mixed_bfloat16",
+    },
+    "bf16_w64_192": {
+        "overrides": ["model.width1=64", "model.width2=192", "model.width3=192"],
+        "policy": "mixed_bfloat16",
+    },
+    "bf16_w48_128": {
+        "overrides": ["model.width1=48", "model.width2=128", "model.width3=128"],
+        "policy": "mixed_bfloat16",
+    },
     "mid": {"overrides": ["model.width1=48", "model.width2=160", "model.width3=160"]},
     "narrow": {"overrides": ["model.width1=16", "model.width2=64", "model.width3=64"]},
 }
@@ -133,11 +145,14 @@ def main(argv: list[str] | None = None) -> None:
         for n in names:
             model, ds, batch = built[n]
             rates[n].append(batch / time_steps(model, ds, args.steps))
+    from recipes.engine.compute import train_flops_per_example
+
     base = statistics.median(rates[names[0]])
-    print(f"{'variant':<16} {'images/s':>9} {'ratio':>6}")
+    print(f"{'variant':<30} {'images/s':>9} {'ratio':>6} {'GFLOP/s':>8}")
     for n in names:
         r = statistics.median(rates[n])
-        print(f"{n:<16} {r:9.0f} {r / base:6.2f}")
+        gflops = r * train_flops_per_example(built[n][0]) / 1e9  # recipes.engine.compute's count
+        print(f"{n:<30} {r:9.0f} {r / base:6.2f} {gflops:8.0f}")
 
 
 if __name__ == "__main__":

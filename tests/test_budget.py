@@ -156,15 +156,24 @@ def test_budget_keeper_compresses_the_schedule_when_epochs_slow_down(monkeypatch
     model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
     epoch(0, 9.0)  # 9 s per epoch: 10 epochs and the final 5 s fit in 100 s, no room for an 11th
     assert records == []
-    epoch(1, 21.0)  # 12 s: at the median pace of 10.5 s, 8 more epochs would end at 110 s; 74 s hold 7
+    # 12 s: at the median pace of 10.5 s (1.05 s a step) the 80 planned steps would end at 110 s; 74 s
+    # are left, and keeping 5% of the budget (5 s) spare, 69 s hold 65 steps: 6 epochs and 5 steps
+    epoch(1, 21.0)
     assert records == [
-        {"after_epoch": 2, "epochs": 9, "total_steps": 90, "seconds_per_epoch": 10.5, "slower": True}
+        {
+            "after_epoch": 2,
+            "epochs": 9,
+            "total_steps": 85,
+            "last_epoch_steps": 5,
+            "seconds_per_epoch": 10.5,
+            "slower": True,
+        }
     ]
-    assert plan.stop_epoch == 9 and plan.replans == records
+    assert plan.stop_epoch == 9 and plan.stop_steps == 5 and plan.replans == records
     schedule = model.optimizer._learning_rate
-    # the remaining 80 positions of the schedule run in 70 steps: position 20 + (t - 20) * 80/70
-    assert float(schedule(55)) == pytest.approx(1 - (20 + 35 * 80 / 70) / 100, rel=1e-5)
-    assert float(schedule(90)) == pytest.approx(0.0, abs=1e-6)
+    # the remaining 80 positions of the schedule run in 65 steps: position 20 + (t - 20) * 80/65
+    assert float(schedule(55)) == pytest.approx(1 - (20 + 35 * 80 / 65) / 100, rel=1e-5)
+    assert float(schedule(85)) == pytest.approx(0.0, abs=1e-6)
     now, index = 21.0, 2
     while not model.stop_training:  # the machine stays slow: the plan shrinks as the pace settles
         now += 12.0
@@ -172,18 +181,19 @@ def test_budget_keeper_compresses_the_schedule_when_epochs_slow_down(monkeypatch
         index += 1
     assert index == plan.stop_epoch and now + plan.final_eval_seconds <= plan.budget_seconds
     assert all(r["slower"] for r in records) and len(records) >= 2
-    assert float(schedule(index * plan.steps_per_epoch)) == pytest.approx(0.0, abs=1e-6)  # decay done
+    assert float(schedule(plan.planned_total_steps)) == pytest.approx(0.0, abs=1e-6)  # decay done
 
 
 def test_budget_keeper_does_not_chase_one_slow_epoch(monkeypatch):
-    plan = _plan(budget_seconds=185.0, epochs=15, total_steps=150)  # 15 epochs of 11 s: 15 s to spare
+    # 15 epochs of 11 s and the final 5 s: 5 s to spare, less than the 5% a grown plan would keep
+    plan = _plan(budget_seconds=175.0, epochs=15, total_steps=150)
     model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
     now = 0.0
     for index, cost in enumerate([11, 11, 11, 15, 11, 11, 10, 11, 11, 11, 11, 11, 11, 11, 11]):
         now += cost
         epoch(index, now)
     # at a pace of the last epoch, or of the last three's mean, the 15 s epoch would have cut the plan
-    assert records == [] and model.stop_training and now + 5.0 <= 185.0
+    assert records == [] and model.stop_training and now + 5.0 <= 175.0
 
 
 def test_budget_keeper_stretches_the_schedule_when_epochs_run_faster(monkeypatch):
@@ -193,7 +203,14 @@ def test_budget_keeper_stretches_the_schedule_when_epochs_run_faster(monkeypatch
     assert records == []
     epoch(1, 10.0)  # 85 s left; keeping 5% of the budget spare, 16 more epochs fit (8 were planned)
     assert records == [
-        {"after_epoch": 2, "epochs": 18, "total_steps": 180, "seconds_per_epoch": 5.0, "slower": False}
+        {
+            "after_epoch": 2,
+            "epochs": 18,
+            "total_steps": 180,
+            "last_epoch_steps": 10,
+            "seconds_per_epoch": 5.0,
+            "slower": False,
+        }
     ]
     schedule = model.optimizer._learning_rate
     # the remaining 80 positions of the schedule now span 160 steps: position 20 + (t - 20) / 2
@@ -219,9 +236,9 @@ def test_budget_keeper_stops_when_not_even_one_epoch_fits(monkeypatch):
     plan = _plan()
     model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
     epoch(0, 8.0)
-    with pytest.warns(UserWarning, match="not even one more epoch fits"):
-        epoch(1, 90.0)  # 82 s for one epoch: the next would end past the budget
-    assert model.stop_training and records[-1]["epochs"] == 2
+    with pytest.warns(UserWarning, match="not even one more step fits"):
+        epoch(1, 94.0)  # a median of 47 s an epoch (4.7 s a step) with 1 s left before the final evaluation
+    assert model.stop_training and records[-1]["epochs"] == 2 and records[-1]["total_steps"] == 20
 
 
 class _Slowdown(keras.callbacks.Callback):
@@ -248,6 +265,7 @@ def test_a_run_that_slows_down_is_replanned_and_stops_at_the_new_plan(tmp_path):
     if report["epochs"] > 2:  # after the second epoch the epochs left no longer fit
         assert report["replans"], report
         assert result.metrics["epochs_completed"] == report["replans"][-1]["epochs"] < report["epochs"]
+        assert report["steps_done"] == report["replans"][-1]["total_steps"]  # a last epoch ends partway
         assert json.loads((tmp_path / "plan.json").read_text())["replans"] == report["replans"]
         assert any("slower than planned" in line for line in lines)
 
@@ -321,6 +339,69 @@ def test_best_plan_counts_the_per_epoch_overhead(seconds, step, per_epoch, spe, 
     from recipes.engine.budget import best_plan
 
     assert best_plan(seconds, step, per_epoch, spe) == expected
+
+
+@pytest.mark.parametrize(
+    "seconds, step, per_epoch, spe, most, expected",
+    [
+        (100.0, 1.0, 0.0, 30, 1000, 100),  # no overhead: every second trains, the last epoch partway
+        (100.0, 1.0, 5.0, 30, 1000, 85),  # 4 epochs (20 s of overhead) hold 80, 3 hold all 85 that fit
+        (100.0, 1.0, 5.0, 50, 1000, 90),  # 2 epochs: 90 steps; a third epoch would leave 85
+        (100.0, 1.0, 5.0, 30, 40, 40),  # capped at the most the plan may grow to
+        (4.0, 1.0, 5.0, 30, 1000, 0),  # one epoch's overhead alone overruns
+        (10.5, 2.0, 0.0, 3, 1000, 5),  # 5 whole steps in 10.5 s, the second epoch 2 steps in
+    ],
+)
+def test_steps_that_fit_counts_partial_epochs_and_their_overhead(
+    seconds, step, per_epoch, spe, most, expected
+):
+    from recipes.engine.budget import steps_that_fit
+
+    assert steps_that_fit(seconds, step, per_epoch, spe, most) == expected
+
+
+def test_the_keeper_ends_the_last_epoch_partway_where_the_plan_says(tmp_path):
+    import numpy as np
+
+    plan = _plan(epochs=4, total_steps=40)
+    # a re-plan after epoch 1: end after 25 steps, that is 5 steps into epoch 3
+    record = {"after_epoch": 1, "epochs": 3, "total_steps": 25, "last_epoch_steps": 5}
+    plan.replans.append({**record, "seconds_per_epoch": 1.0, "slower": True})
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((400, 2), "float32")
+    history = model.fit(
+        x,
+        x[:, :1],
+        batch_size=4,
+        epochs=plan.max_epochs,
+        steps_per_epoch=10,
+        verbose=0,
+        callbacks=[BudgetKeeper(plan, clock=None)],
+    )
+    assert int(model.optimizer.iterations) == 25 and len(history.history["loss"]) == 3
+
+
+@pytest.mark.parametrize(
+    "record, steps_per_epoch, says",
+    [
+        ({"epochs": 9, "total_steps": 85, "last_epoch_steps": 5}, 10, "epoch 9, 5 of its 10 steps (85 steps"),
+        ({"epochs": 9, "total_steps": 90, "last_epoch_steps": 10}, 10, "epoch 9 (90 steps in all)"),
+        (
+            {"epochs": 9, "total_steps": 90},
+            10,
+            "epoch 9 (90 steps in all)",
+        ),  # a plan.json before partial epochs
+        ({"epochs": 2, "total_steps": 20, "last_epoch_steps": 0}, 10, "no further step fits"),
+    ],
+)
+def test_a_replan_says_where_it_ends(record, steps_per_epoch, says):
+    from recipes.engine.progress import replan_line
+
+    line = replan_line(
+        {"after_epoch": 2, "seconds_per_epoch": 10.5, "slower": True, **record}, steps_per_epoch
+    )
+    assert says in line
 
 
 def _calibration_model(lr: float, schedule_steps: int):

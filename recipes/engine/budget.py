@@ -39,7 +39,8 @@ CALIBRATION_STEPS = 30
 SKIP_STEPS = 10  # the first step traces; the next ones run on prefetched batches
 SAFETY = 0.9  # plan on 90% of the time left: step times on a shared 2-core machine wander by 10-15%
 MAX_STRETCH = 2.0  # BudgetKeeper grows a plan to at most this many times its calibrated epochs
-GROW_MARGIN = 0.05  # ... and only while this fraction of the budget stays spare
+GROW_MARGIN = 0.05  # ... and only while this fraction of the budget stays spare (re-plans aim there)
+GROW_MIN = 0.25  # ... and by at least this share of an epoch's steps (so that a plan does not creep)
 PACE_EPOCHS = 3  # BudgetKeeper's pace: the median time of this many latest epochs
 KEEP_SHARE = 0.25  # calibration steps stay as training when they are at most this share of the plan
 EVAL_SHARE = 0.10  # the final evaluation's views may take at most this share of the budget
@@ -63,6 +64,7 @@ class BudgetPlan:
     schedule_steps: int = 0  # the configured schedule's length in its own steps (0: total_steps)
     calibration_steps: int = 0  # steps trained while calibrating, kept, and part of total_steps
     final_eval_passes: int = 0  # test-time augmentation views of the final evaluation (0: the config's)
+    epoch_overhead_seconds: float = 0.0  # per epoch besides its steps: validation, checkpoint, curves
 
     @property
     def schedule_end(self) -> int:
@@ -73,6 +75,18 @@ class BudgetPlan:
     def stop_epoch(self) -> int:
         """The epoch the run ends after: the planned one, or the last re-plan's."""
         return self.replans[-1]["epochs"] if self.replans else self.epochs
+
+    @property
+    def stop_steps(self) -> int:
+        """The steps of the run's last epoch: a re-plan may end the run partway through it."""
+        if self.replans:
+            return self.replans[-1].get("last_epoch_steps", self.steps_per_epoch)
+        return self.steps_per_epoch
+
+    @property
+    def planned_total_steps(self) -> int:
+        """The step the run ends at: the planned one, or the last re-plan's."""
+        return self.replans[-1]["total_steps"] if self.replans else self.total_steps
 
     @property
     def max_epochs(self) -> int:
@@ -189,6 +203,18 @@ def best_plan(seconds: float, step: float, per_epoch: float, steps_per_epoch: in
     return best
 
 
+def steps_that_fit(seconds: float, step: float, per_epoch: float, steps_per_epoch: int, most: int) -> int:
+    """The most steps, at most ``most``, that fit in ``seconds`` when each takes ``step`` seconds and each
+    epoch they start (``steps_per_epoch`` steps, the last one possibly partial) adds ``per_epoch``."""
+    best = 0
+    for epochs in range(1, math.ceil(most / steps_per_epoch) + 1):
+        steps = min(epochs * steps_per_epoch, most, math.floor((seconds - epochs * per_epoch) / step))
+        if steps <= (epochs - 1) * steps_per_epoch:
+            break  # another epoch's overhead leaves fewer steps than the epochs before it hold
+        best = steps
+    return best
+
+
 def calibrate(
     model: keras.Model,
     train_ds,
@@ -258,6 +284,7 @@ def calibrate(
         schedule_steps=configured_steps,
         calibration_steps=kept,
         final_eval_passes=views,
+        epoch_overhead_seconds=round(per_epoch, 3),
     )
 
 
@@ -317,21 +344,24 @@ class BudgetKeeper(keras.callbacks.Callback):
     calibration.
 
     At every epoch end it compares the time left (budget minus elapsed minus the final evaluation) with
-    what the remaining epochs cost at the measured pace: the median of the last ``PACE_EPOCHS`` epochs, so
+    what the remaining steps cost at the measured pace: the median of the last ``PACE_EPOCHS`` epochs, so
     that one odd epoch is ignored and a change that lasts two is followed (one epoch's time wanders by
     10-15% on a shared machine; following the latest ones re-planned back and forth). When they would
-    overrun, it re-plans to the epochs that fit; when more epochs fit than are planned with
-    ``GROW_MARGIN`` of the budget to spare (calibration caught a slow moment) and at least two epochs of
-    this session are timed, it re-plans to those, up to ``plan.max_epochs`` (a margin of the time left
-    instead would shrink with it and grow the plan again at every epoch end). Either way the rest of the
+    overrun, it re-plans; when more steps fit than are planned (at least ``GROW_MIN`` of an epoch more;
+    calibration caught a slow moment) and at least two epochs of this session are timed, it re-plans too,
+    up to ``plan.max_epochs``. A re-plan aims at the steps that fit with ``GROW_MARGIN`` of the budget to
+    spare (a margin of the time left instead would shrink with it and move the plan at every epoch end),
+    counted in steps, not epochs: the run's last epoch may end partway (``plan.stop_steps``), so that a
+    re-plan of a few long epochs does not leave most of one unused. Either way the rest of the
     learning-rate schedule (and of LookaheadSGD's ramp) is compressed or stretched into the new plan, so
-    it still ends at its final value. A run whose next epoch cannot fit stops at once, schedule
+    it still ends at its final value. A run whose next step cannot fit stops at once, schedule
     incomplete, with a warning. Each re-plan goes to ``on_replan`` (``plan.json`` and the log) and to
     ``plan.replans``.
 
     ``clock`` is the ``time.perf_counter()`` at which the budget started; ``None`` (a resumed run, whose
-    earlier time is unknown) only ends the run at the planned or re-planned epoch. Run ``fit`` with
-    ``epochs=plan.max_epochs``: the keeper stops it at ``plan.stop_epoch``.
+    earlier time is unknown) only ends the run at the planned or re-planned step. Run ``fit`` with
+    ``epochs=plan.max_epochs``: the keeper stops it at ``plan.stop_epoch`` (after ``plan.stop_steps`` of
+    its steps). The only per-step work is one comparison, in the last epoch.
     """
 
     def __init__(
@@ -342,10 +372,19 @@ class BudgetKeeper(keras.callbacks.Callback):
         self.clock = clock
         self.on_replan = on_replan
         self._costs: list[float] = []
+        self._stop_after: int | None = None
 
     def on_train_begin(self, logs=None):
         self._last = time.perf_counter()
         self._costs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        last = epoch + 1 == self.plan.stop_epoch and self.plan.stop_steps < self.plan.steps_per_epoch
+        self._stop_after = self.plan.stop_steps if last else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._stop_after is not None and batch + 1 >= self._stop_after:
+            self.model.stop_training = True  # fit ends this epoch here: validation and epoch end still run
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
@@ -356,39 +395,52 @@ class BudgetKeeper(keras.callbacks.Callback):
         self._last = now
         done = epoch + 1
         if self.clock is not None and done < self.plan.stop_epoch:
-            pace = float(np.median(self._costs[-PACE_EPOCHS:]))
-            left = self.plan.budget_seconds - (now - self.clock) - self.plan.final_eval_seconds
-            planned = self.plan.stop_epoch - done
-            spare = GROW_MARGIN * self.plan.budget_seconds
-            room = min(math.floor((left - spare) / pace), self.plan.max_epochs - done)
-            fits = max(0, math.floor(left / pace))
-            if fits < planned:
-                self._replan(done, fits, pace)
-            elif room > planned and len(self._costs) > 1:  # grow on two epochs' evidence, not one
-                self._replan(done, room, pace)
+            self._check(done, now)
         if done >= self.plan.stop_epoch:
             self.model.stop_training = True
 
-    def _replan(self, done: int, epochs_left: int, pace: float) -> None:
+    def _check(self, done: int, now: float) -> None:
+        plan = self.plan
+        pace = max(float(np.median(self._costs[-PACE_EPOCHS:])), 1e-6)
+        overhead = min(plan.epoch_overhead_seconds, 0.5 * pace)  # at least half an epoch is its steps
+        step_seconds = (pace - overhead) / plan.steps_per_epoch
+        left = plan.budget_seconds - (now - self.clock) - plan.final_eval_seconds
+        step, _ = schedule_position(unwrap_optimizer(self.model.optimizer))
+        planned = plan.planned_total_steps - step
+        most = (plan.max_epochs - done) * plan.steps_per_epoch
+
+        def fit_in(seconds: float) -> int:
+            return steps_that_fit(seconds, step_seconds, overhead, plan.steps_per_epoch, most)
+
+        target = fit_in(left - GROW_MARGIN * plan.budget_seconds)
+        if fit_in(left) < planned:
+            self._replan(done, target or fit_in(left), pace)
+        elif target - planned >= GROW_MIN * plan.steps_per_epoch and len(self._costs) > 1:
+            self._replan(done, target, pace)  # grow on two epochs' evidence, not one
+
+    def _replan(self, done: int, steps_left: int, pace: float) -> None:
         optimizer = unwrap_optimizer(self.model.optimizer)
         schedule = getattr(optimizer, "_learning_rate", None)
         step, position = schedule_position(optimizer)
-        steps_left = epochs_left * self.plan.steps_per_epoch
         if steps_left and isinstance(schedule, Replannable):
             schedule.set_pace(step, position, (self.plan.schedule_end - position) / steps_left)
             if hasattr(optimizer, "set_total_steps"):
                 optimizer.set_total_steps(step + steps_left)
+        epochs_left = math.ceil(steps_left / self.plan.steps_per_epoch)
         record = {
             "after_epoch": done,
             "epochs": done + epochs_left,
             "total_steps": step + steps_left,
+            "last_epoch_steps": steps_left - (epochs_left - 1) * self.plan.steps_per_epoch
+            if steps_left
+            else 0,
             "seconds_per_epoch": round(pace, 2),
-            "slower": done + epochs_left < self.plan.stop_epoch,
+            "slower": step + steps_left < self.plan.planned_total_steps,
         }
         self.plan.replans.append(record)
         if not steps_left:
             warnings.warn(
-                f"trainer.budget: at {pace:.0f}s per epoch not even one more epoch fits; stopping after "
+                f"trainer.budget: at {pace:.0f}s per epoch not even one more step fits; stopping after "
                 f"epoch {done} with the schedule incomplete",
                 stacklevel=2,
             )

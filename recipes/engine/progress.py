@@ -41,16 +41,20 @@ def plan_line(plan, batch_size: int) -> str:
     )
 
 
-def replan_line(record: dict) -> str:
-    """One re-plan of the budget's keeper, as the run announces it."""
+def replan_line(record: dict, steps_per_epoch: int | None = None) -> str:
+    """One re-plan of the budget's keeper, as the run announces it (with ``steps_per_epoch``, a last
+    epoch that ends partway says so)."""
     speed = "slower" if record["slower"] else "faster"
     pace = f"\nBudget: epochs now take {record['seconds_per_epoch']:.0f}s, {speed} than planned"
     if record["epochs"] == record["after_epoch"]:
-        return f"{pace}; no further epoch fits: stopping now, schedule incomplete"
+        return f"{pace}; no further step fits: stopping now, schedule incomplete"
     how = "compressed" if record["slower"] else "stretched"
+    part = record.get("last_epoch_steps")
+    partial = part and steps_per_epoch and part != steps_per_epoch
+    partway = f", {part} of its {steps_per_epoch} steps" if partial else ""
     return (
-        f"{pace}; re-planned to end after epoch {record['epochs']} ({record['total_steps']} "
-        f"steps) with the rest of the schedule {how} to fit"
+        f"{pace}; re-planned to end after epoch {record['epochs']}{partway} ({record['total_steps']} "
+        f"steps in all) with the rest of the schedule {how} to fit"
     )
 
 
@@ -65,7 +69,7 @@ class ReplanReporter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for record in self.plan.replans[self._reported :]:
             write_json(self.plan_path, self.plan.as_dict())
-            self.echo(replan_line(record))
+            self.echo(replan_line(record, self.plan.steps_per_epoch))
         self._reported = len(self.plan.replans)
 
 
