@@ -126,10 +126,10 @@ def _keeper_on_a_fake_clock(monkeypatch, plan):
     keeper.set_model(model)
     keeper.on_train_begin()
 
-    def epoch(index: int, ends_at: float) -> None:
+    def epoch(index: int, ends_at: float, logs: dict | None = None) -> None:
         model.optimizer.iterations.assign((index + 1) * plan.steps_per_epoch)
         now[0] = ends_at
-        keeper.on_epoch_end(index)
+        keeper.on_epoch_end(index, logs)
 
     return model, epoch, records
 
@@ -182,6 +182,31 @@ def test_budget_keeper_compresses_the_schedule_when_epochs_slow_down(monkeypatch
     assert index == plan.stop_epoch and now + plan.final_eval_seconds <= plan.budget_seconds
     assert all(r["slower"] for r in records) and len(records) >= 2
     assert float(schedule(plan.planned_total_steps)) == pytest.approx(0.0, abs=1e-6)  # decay done
+
+
+def test_the_first_epoch_is_timed_without_the_tracing_it_paid(monkeypatch):
+    import recipes.engine.budget
+
+    plan = _plan(epoch_overhead_seconds=0.5)  # 10 steps an epoch
+    model, epoch, records = _keeper_on_a_fake_clock(monkeypatch, plan)
+    keeper = BudgetKeeper(plan, clock=0.0, on_replan=records.append)
+    keeper.set_model(model)
+    keeper.set_params({"steps": 10})
+    now = [0.0]
+    monkeypatch.setattr(recipes.engine.budget.time, "perf_counter", lambda: now[0])
+    keeper.on_train_begin()
+    keeper.on_epoch_begin(0)
+    for step, ends_at in enumerate([3.0, *range(4, 13)]):  # the first step traced for 2 s; then 1 s each
+        now[0] = ends_at
+        keeper.on_train_batch_end(step)
+    model.optimizer.iterations.assign(10)
+    now[0] = 14.0  # validation, and its own first trace
+    keeper.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0})
+    assert keeper._costs == [pytest.approx(9 / 9 * 10 + 0.5)]  # 9 steps' pace x 10, and the overhead
+    model.optimizer.iterations.assign(20)
+    now[0] = 26.0  # 12 s: at the median of 10.5 and 12 s the 80 planned steps no longer fit
+    keeper.on_epoch_end(1, {"loss": 1.0, "val_loss": 1.0})
+    assert records[-1]["seconds_per_epoch"] == pytest.approx((10.5 + 12.0) / 2)
 
 
 def test_budget_keeper_does_not_chase_one_slow_epoch(monkeypatch):
@@ -239,6 +264,7 @@ def test_budget_keeper_stops_when_not_even_one_epoch_fits(monkeypatch):
     with pytest.warns(UserWarning, match="not even one more step fits"):
         epoch(1, 94.0)  # a median of 47 s an epoch (4.7 s a step) with 1 s left before the final evaluation
     assert model.stop_training and records[-1]["epochs"] == 2 and records[-1]["total_steps"] == 20
+    assert plan.stop_steps == 10  # a resume before epoch 2's checkpoint trains it whole
 
 
 class _Slowdown(keras.callbacks.Callback):
@@ -266,6 +292,11 @@ def test_a_run_that_slows_down_is_replanned_and_stops_at_the_new_plan(tmp_path):
         assert report["replans"], report
         assert result.metrics["epochs_completed"] == report["replans"][-1]["epochs"] < report["epochs"]
         assert report["steps_done"] == report["replans"][-1]["total_steps"]  # a last epoch ends partway
+        compute = result.metrics["compute"]  # counts the steps trained, not whole epochs
+        images = report["steps_done"] * 64
+        assert compute["train_pflops"] == pytest.approx(
+            images * compute["train_flops_per_image"] / 1e15, rel=1e-3
+        )
         assert json.loads((tmp_path / "plan.json").read_text())["replans"] == report["replans"]
         assert any("slower than planned" in line for line in lines)
 
@@ -392,7 +423,7 @@ def test_the_keeper_ends_the_last_epoch_partway_where_the_plan_says(tmp_path):
             10,
             "epoch 9 (90 steps in all)",
         ),  # a plan.json before partial epochs
-        ({"epochs": 2, "total_steps": 20, "last_epoch_steps": 0}, 10, "no further step fits"),
+        ({"epochs": 2, "total_steps": 20, "last_epoch_steps": 10}, 10, "no further step fits"),
     ],
 )
 def test_a_replan_says_where_it_ends(record, steps_per_epoch, says):

@@ -5,12 +5,13 @@ Cutting a long schedule short leaves the learning rate high when time runs out; 
 completed. The budget covers everything after the data is in memory: building and compiling the model,
 this calibration, training, validation, checkpoints and the final (test-time augmented) evaluation.
 
-A shared machine's speed wanders: calibration can catch a slow moment, and the machine can slow down
-mid-run. :class:`BudgetKeeper` times every epoch and re-plans when the epochs left would overrun (fewer
-epochs) or when clearly more of them fit (more epochs, up to ``MAX_STRETCH`` times the calibrated plan):
-the rest of the schedule (through :class:`callbacks.Replannable`, and the lookahead ramp of
-:class:`recipes.engine.optimizers.LookaheadSGD`) is compressed or stretched into them, so the run still
-ends in time with its schedule completed, and does not leave a quarter of its budget unused.
+A shared machine's speed wanders: calibration can catch a slow moment, and the machine can slow down mid-run.
+:class:`BudgetKeeper` times every epoch and re-plans, in steps, when the steps left would overrun (fewer
+steps; the last epoch may then end partway) or when clearly more of them fit (more steps, up to
+``MAX_STRETCH`` times the calibrated epochs): the rest of the schedule (through
+:class:`callbacks.Replannable`, and the lookahead ramp of :class:`recipes.engine.optimizers.LookaheadSGD`) is
+compressed or stretched into them, so the run still ends in time with its schedule completed, and does not
+leave a quarter of its budget unused.
 
 The optimizer is built once, for the configured schedule: :func:`calibrate` times its steps, and
 :func:`fit_schedule_to_plan` then sets the pace at which it reads that schedule so that it ends with the
@@ -80,7 +81,7 @@ class BudgetPlan:
     def stop_steps(self) -> int:
         """The steps of the run's last epoch: a re-plan may end the run partway through it."""
         if self.replans:
-            return self.replans[-1].get("last_epoch_steps", self.steps_per_epoch)
+            return self.replans[-1].get("last_epoch_steps") or self.steps_per_epoch
         return self.steps_per_epoch
 
     @property
@@ -343,19 +344,20 @@ class BudgetKeeper(keras.callbacks.Callback):
     """Keeps a budget run inside its budget, and using it, when the machine's speed changes after
     calibration.
 
-    At every epoch end it compares the time left (budget minus elapsed minus the final evaluation) with
-    what the remaining steps cost at the measured pace: the median of the last ``PACE_EPOCHS`` epochs, so
-    that one odd epoch is ignored and a change that lasts two is followed (one epoch's time wanders by
-    10-15% on a shared machine; following the latest ones re-planned back and forth). When they would
-    overrun, it re-plans; when more steps fit than are planned (at least ``GROW_MIN`` of an epoch more;
-    calibration caught a slow moment) and at least two epochs of this session are timed, it re-plans too,
-    up to ``plan.max_epochs``. A re-plan aims at the steps that fit with ``GROW_MARGIN`` of the budget to
-    spare (a margin of the time left instead would shrink with it and move the plan at every epoch end),
-    counted in steps, not epochs: the run's last epoch may end partway (``plan.stop_steps``), so that a
-    re-plan of a few long epochs does not leave most of one unused. Either way the rest of the
-    learning-rate schedule (and of LookaheadSGD's ramp) is compressed or stretched into the new plan, so
-    it still ends at its final value. A run whose next step cannot fit stops at once, schedule
-    incomplete, with a warning. Each re-plan goes to ``on_replan`` (``plan.json`` and the log) and to
+    At every epoch end it compares the time left (budget minus elapsed minus the final evaluation) with what
+    the remaining steps cost at the measured pace: the median of the last ``PACE_EPOCHS`` epochs, so that one
+    odd epoch is ignored and a change that lasts two is followed (one epoch's time wanders by 10-15% on a
+    shared machine; following the latest ones re-planned back and forth). When they would overrun, it
+    re-plans; when more steps fit than are planned (at least ``GROW_MIN`` of an epoch more; calibration caught
+    a slow moment) and at least two epochs of this session are timed, it re-plans too, up to
+    ``plan.max_epochs``. A grown plan keeps ``GROW_MARGIN`` of the budget spare (a margin of the time left
+    instead would shrink with it and grow the plan at every epoch end); a shrunk one keeps ``1 - SAFETY`` of
+    the time left, the initial plan's margin, but at most that spare, so that it never invites a grow at the
+    next epoch end. Re-plans count steps, not epochs: the run's last epoch may end partway
+    (``plan.stop_steps``), so that a re-plan of a few long epochs does not leave most of one unused. Either
+    way the rest of the learning-rate schedule (and of LookaheadSGD's ramp) is compressed or stretched into
+    the new plan, so it still ends at its final value. A run whose next step cannot fit stops at once,
+    schedule incomplete, with a warning. Each re-plan goes to ``on_replan`` (``plan.json`` and the log) and to
     ``plan.replans``.
 
     ``clock`` is the ``time.perf_counter()`` at which the budget started; ``None`` (a resumed run, whose
@@ -373,10 +375,12 @@ class BudgetKeeper(keras.callbacks.Callback):
         self.on_replan = on_replan
         self._costs: list[float] = []
         self._stop_after: int | None = None
+        self._step_ends: list[tuple[int, float]] = []  # (step, when): the first and the latest
 
     def on_train_begin(self, logs=None):
         self._last = time.perf_counter()
         self._costs = []
+        self._step_ends = []
 
     def on_epoch_begin(self, epoch, logs=None):
         last = epoch + 1 == self.plan.stop_epoch and self.plan.stop_steps < self.plan.steps_per_epoch
@@ -385,12 +389,25 @@ class BudgetKeeper(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._stop_after is not None and batch + 1 >= self._stop_after:
             self.model.stop_training = True  # fit ends this epoch here: validation and epoch end still run
+        if not self._costs:  # this session's first epoch: time its steps after the first
+            self._step_ends[1:] = [(batch, time.perf_counter())]
+
+    def _first_epoch_cost(self, cost: float) -> float:
+        """What this session's first epoch costs without the tracing it may have paid: a step that
+        ``fit`` traced again (a resumed run's fresh model; a device-augmenting wrapper) and the validation
+        step's first trace. Its steps after the first at their timed pace, plus the planned per-epoch
+        overhead; the whole epoch's time when fewer than two steps were timed."""
+        if len(self._step_ends) < 2 or self._step_ends[1][0] <= self._step_ends[0][0]:
+            return cost
+        (first, start), (last, end) = self._step_ends
+        steps = (self.params or {}).get("steps") or self.plan.steps_per_epoch
+        return (end - start) / (last - first) * steps + self.plan.epoch_overhead_seconds
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         cost = now - self._last
-        if not self._costs:  # this session's first epoch also traced the training and validation steps
-            cost = max(cost - 2 * self.plan.trace_seconds, 0.5 * cost)
+        if not self._costs:
+            cost = self._first_epoch_cost(cost)
         self._costs.append(cost)
         self._last = now
         done = epoch + 1
@@ -412,11 +429,11 @@ class BudgetKeeper(keras.callbacks.Callback):
         def fit_in(seconds: float) -> int:
             return steps_that_fit(seconds, step_seconds, overhead, plan.steps_per_epoch, most)
 
-        target = fit_in(left - GROW_MARGIN * plan.budget_seconds)
-        if fit_in(left) < planned:
-            self._replan(done, target or fit_in(left), pace)
-        elif target - planned >= GROW_MIN * plan.steps_per_epoch and len(self._costs) > 1:
-            self._replan(done, target, pace)  # grow on two epochs' evidence, not one
+        spare = GROW_MARGIN * plan.budget_seconds
+        if fit_in(left) < planned:  # keep the initial plan's margin on what is left, at most the spare
+            self._replan(done, fit_in(left - min(spare, (1 - SAFETY) * left)), pace)
+        elif fit_in(left - spare) - planned >= GROW_MIN * plan.steps_per_epoch and len(self._costs) > 1:
+            self._replan(done, fit_in(left - spare), pace)  # grow on two epochs' evidence, not one
 
     def _replan(self, done: int, steps_left: int, pace: float) -> None:
         optimizer = unwrap_optimizer(self.model.optimizer)
@@ -431,9 +448,10 @@ class BudgetKeeper(keras.callbacks.Callback):
             "after_epoch": done,
             "epochs": done + epochs_left,
             "total_steps": step + steps_left,
+            # none left: the epoch just done, whole, was the last (so a resume trains it whole)
             "last_epoch_steps": steps_left - (epochs_left - 1) * self.plan.steps_per_epoch
             if steps_left
-            else 0,
+            else self.plan.steps_per_epoch,
             "seconds_per_epoch": round(pace, 2),
             "slower": step + steps_left < self.plan.planned_total_steps,
         }

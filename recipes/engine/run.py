@@ -38,6 +38,7 @@ from recipes.engine.checkpoint import (
     load_checkpoint,
     load_state,
     save_inference_model,
+    trained_steps,
 )
 from recipes.engine.compute import compute_report
 from recipes.engine.device_augment import augments_on_device
@@ -281,18 +282,18 @@ def fit(r: _Run, training: Training) -> RunCheckpoint:
 def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
     """``history.csv``, the test evaluation (unless the NaN guard stopped the run), ``model.keras`` and
     ``metrics.json``; with ``optimizer.ema`` all of the averaged weights (:func:`finish_ema`)."""
-    model, rows, spe, batch = training.model, checkpoint.rows, training.steps_per_epoch, training.batch_size
+    model, rows, batch = training.model, checkpoint.rows, training.batch_size
     averaged = finish_ema(model, r.data, batch)  # optimizer.ema: the averaged weights, their BN statistics
     write_text(r.out_dir / "history.csv", history_csv(rows))
     seconds = checkpoint.session_seconds
-    images_per_second = checkpoint.session_epochs * spe * batch / seconds if seconds else None
+    images_per_second = checkpoint.session_steps * batch / seconds if seconds else None
     metrics = {
         "recipe": r.recipe.name,
         "epochs_completed": len(rows),
         "best_val_accuracy": checkpoint.best_val_accuracy,
         "train_seconds": round(checkpoint.train_seconds, 2),
         "images_per_second": round(images_per_second, 1) if images_per_second else None,
-        "compute": compute_report(model, len(rows) * spe * batch, images_per_second),
+        "compute": compute_report(model, trained_steps(model) * batch, images_per_second),
         "train_examples": len(r.data.x_train),
         "data_source": r.data.source,
         "data_is_sample": r.data.is_sample,
