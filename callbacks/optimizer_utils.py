@@ -10,12 +10,17 @@ def unwrap_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+def optimizer_steps(optimizer: keras.optimizers.Optimizer) -> int:
+    """The steps the optimizer has taken: its ``iterations``, the index of the next step."""
+    return int(keras.ops.convert_to_numpy(unwrap_optimizer(optimizer).iterations))
+
+
 def _rate_and_step(optimizer: keras.optimizers.Optimizer):
     """``(rate_at, next step)``: ``rate_at(step)`` is the optimizer's schedule at ``step`` (a constant
     for a float learning rate), ``next step`` its ``iterations``."""
     optimizer = unwrap_optimizer(optimizer)
     schedule = getattr(optimizer, "_learning_rate", None)
-    step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    step = optimizer_steps(optimizer)
     if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         return (lambda s: rate), step

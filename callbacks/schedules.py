@@ -24,7 +24,7 @@ from keras.optimizers.schedules import (
     PolynomialDecay,
 )
 
-from callbacks.optimizer_utils import current_learning_rate, unwrap_optimizer
+from callbacks.optimizer_utils import current_learning_rate, optimizer_steps, unwrap_optimizer
 
 __all__ = [
     "DECAYS",
@@ -248,7 +248,7 @@ def schedule_position(optimizer: keras.optimizers.Optimizer) -> tuple[int, float
     """The optimizer's step count, and where its schedule stands: a :class:`Replannable`'s position, else
     the step itself."""
     optimizer = unwrap_optimizer(optimizer)
-    step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    step = optimizer_steps(optimizer)
     schedule = getattr(optimizer, "_learning_rate", None)
     if isinstance(schedule, Replannable):
         return step, float(keras.ops.convert_to_numpy(schedule.position(step)))

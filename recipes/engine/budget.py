@@ -23,6 +23,7 @@ most ``EVAL_SHARE`` of it (``plan.final_eval_passes``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 import time
@@ -83,6 +84,11 @@ class BudgetPlan:
         if self.replans:
             return self.replans[-1].get("last_epoch_steps") or self.steps_per_epoch
         return self.steps_per_epoch
+
+    @property
+    def last_epoch_share(self) -> float:
+        """The share of a whole epoch that the run's last one trains."""
+        return self.stop_steps / self.steps_per_epoch
 
     @property
     def planned_total_steps(self) -> int:
@@ -192,28 +198,25 @@ def eval_views_that_fit(per_pass: float, allowed: tuple[int, ...], budget_second
 def best_plan(seconds: float, step: float, per_epoch: float, steps_per_epoch: int) -> tuple[int, int]:
     """The most steps ``S`` (in ``E = ceil(S / steps_per_epoch)`` epochs) with ``S * step + E * per_epoch``
     within ``seconds``; ``(0, 1)`` when not even one step fits."""
-    best = (0, 1)
-    epochs = 1
-    while epochs * per_epoch < seconds:
-        steps = min(epochs * steps_per_epoch, math.floor((seconds - epochs * per_epoch) / step))
-        if steps > (epochs - 1) * steps_per_epoch and steps > best[0]:
-            best = (steps, epochs)
-        if steps < epochs * steps_per_epoch:
-            break  # more epochs only add overhead
-        epochs += 1
-    return best
+    steps = steps_that_fit(seconds, step, per_epoch, steps_per_epoch)
+    return steps, max(1, math.ceil(steps / steps_per_epoch))
 
 
-def steps_that_fit(seconds: float, step: float, per_epoch: float, steps_per_epoch: int, most: int) -> int:
-    """The most steps, at most ``most``, that fit in ``seconds`` when each takes ``step`` seconds and each
-    epoch they start (``steps_per_epoch`` steps, the last one possibly partial) adds ``per_epoch``."""
+def steps_that_fit(
+    seconds: float, step: float, per_epoch: float, steps_per_epoch: int, most: int | None = None
+) -> int:
+    """The most steps, at most ``most`` (None: no bound), that fit in ``seconds`` when each takes ``step``
+    seconds and each epoch they start (``steps_per_epoch`` steps, the last one possibly partial) adds
+    ``per_epoch``."""
+    bound = math.inf if most is None else most
+    epochs = range(1, math.ceil(most / steps_per_epoch) + 1) if most is not None else itertools.count(1)
     best = 0
-    for epochs in range(1, math.ceil(most / steps_per_epoch) + 1):
-        steps = min(epochs * steps_per_epoch, most, math.floor((seconds - epochs * per_epoch) / step))
-        if steps <= (epochs - 1) * steps_per_epoch:
+    for n in epochs:
+        steps = min(n * steps_per_epoch, bound, math.floor((seconds - n * per_epoch) / step))
+        if steps <= (n - 1) * steps_per_epoch:
             break  # another epoch's overhead leaves fewer steps than the epochs before it hold
         best = steps
-    return best
+    return int(best)
 
 
 def calibrate(
@@ -323,10 +326,11 @@ def budget_report(model: keras.Model, plan: BudgetPlan, used_seconds: float, res
 
 class FixedPlan:
     """A run without a budget: it ends after ``epochs``. Read, like a :class:`BudgetPlan`, through
-    ``stop_epoch`` and ``max_epochs`` (the progress output and fit's bound) and ``final_eval_passes``
-    (0: the configured views)."""
+    ``stop_epoch``, ``last_epoch_share`` and ``max_epochs`` (the progress output and fit's bound) and
+    ``final_eval_passes`` (0: the configured views)."""
 
     final_eval_passes = 0
+    last_epoch_share = 1.0  # every epoch whole
 
     def __init__(self, epochs: int):
         self.epochs = epochs

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import keras
 
-from callbacks import unwrap_optimizer
+from callbacks.optimizer_utils import optimizer_steps
 from recipes.engine.atomic import atomic_path, write_json, write_text
 from recipes.engine.plots import plot_history
 from recipes.engine.run_dir import RunError
@@ -61,11 +61,6 @@ def save_inference_model(model: keras.Model, path: str | Path) -> None:
     save_model(inference_model(model), path)
 
 
-def trained_steps(model: keras.Model) -> int:
-    """The optimizer steps ``model`` has taken (its step counter, saved with the checkpoints)."""
-    return int(keras.ops.convert_to_numpy(unwrap_optimizer(model.optimizer).iterations))
-
-
 class RunCheckpoint(keras.callbacks.Callback):
     """Write checkpoint, state, history and plots at every epoch end (put it after the loggers)."""
 
@@ -89,7 +84,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self._first_step = 0
 
     def on_train_begin(self, logs=None):
-        self._first_step = trained_steps(self.model)
+        self._first_step = optimizer_steps(self.model.optimizer)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -100,7 +95,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         logs["epoch_seconds"] = seconds
         self.train_seconds += seconds
         self.session_seconds += seconds
-        self.session_steps = trained_steps(self.model) - self._first_step
+        self.session_steps = optimizer_steps(self.model.optimizer) - self._first_step
         row = {"epoch": epoch + 1}
         row.update({k: float(v) for k, v in logs.items()})
         self.rows.append(row)

@@ -105,9 +105,7 @@ class EtaPrinter(keras.callbacks.Callback):
         left = self.plan.stop_epoch - epoch - 1
         if epoch == self.first_epoch and left > 0:
             took = time.perf_counter() - self._start
-            # the last epoch may end partway (a budget's re-plan)
-            last = getattr(self.plan, "stop_steps", 1) / getattr(self.plan, "steps_per_epoch", 1)
-            eta = duration_text(took * (left - 1 + last))
+            eta = duration_text(took * (left - 1 + self.plan.last_epoch_share))  # a re-plan may cut it
             self.echo(
                 f"epoch {epoch + 1} took {duration_text(took)}: about {eta} left for the remaining "
                 f"{left} epochs"

@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 
 from callbacks import fit_diagnosis
+from callbacks.optimizer_utils import optimizer_steps
 from recipes.config import ConfigError, parse_duration, to_yaml
 from recipes.data import ImageData, load_data
 from recipes.engine.atomic import write_json, write_text
@@ -38,7 +39,6 @@ from recipes.engine.checkpoint import (
     load_checkpoint,
     load_state,
     save_inference_model,
-    trained_steps,
 )
 from recipes.engine.compute import compute_report
 from recipes.engine.device_augment import augments_on_device
@@ -293,7 +293,7 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         "best_val_accuracy": checkpoint.best_val_accuracy,
         "train_seconds": round(checkpoint.train_seconds, 2),
         "images_per_second": round(images_per_second, 1) if images_per_second else None,
-        "compute": compute_report(model, trained_steps(model) * batch, images_per_second),
+        "compute": compute_report(model, optimizer_steps(model.optimizer) * batch, images_per_second),
         "train_examples": len(r.data.x_train),
         "data_source": r.data.source,
         "data_is_sample": r.data.is_sample,
