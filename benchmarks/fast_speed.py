@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 VARIANTS: dict[str, dict] = {
     "base": {},
-    "plain_sgd": {"overrides": ["optimizer.bias_lr_scale=1", "optimizer.lookahead_every=0"]},
+    "plain_sgd": {
+        "overrides": ["optimizer.bias_lr_scale=1", "optimizer.lookahead_every=0", "optimizer.muon_lr=0"]
+    },
     "relu": {"overrides": ["model.activation=relu"]},
     "batch128": {"overrides": ["trainer.batch_size=128"]},
     "batch512": {"overrides": ["trainer.batch_size=512"]},
@@ -33,6 +35,7 @@ VARIANTS: dict[str, dict] = {
     "gelu_tanh": {"overrides": ["model.activation=gelu_tanh"]},
     "bf16_gelu_tanh": {"overrides": ["model.activation=gelu_tanh"], "policy": "mixed_bfloat16"},
     "bf16_relu": {"overrides": ["model.activation=relu"], "policy": "mixed_bfloat16"},
+    "bf16_sgd_kernels": {"overrides": ["optimizer.muon_lr=0"], "policy": "mixed_bfloat16"},
     "bf16_swish": {"overrides": ["model.activation=swish"], "policy": "mixed_bfloat16"},
     "airbench94": {"overrides": ["model.width1=64", "model.width2=256", "model.width3=256"]},
     "airbench94_bf16": {

@@ -153,6 +153,16 @@ class OptimizerConfig:
     lookahead_every: int = spec(
         0, "sgd: pull the weights back to a slow copy every N steps (0 = off)", min=0, max=MAX_STEPS
     )
+    muon_lr: float = spec(
+        0.0,
+        "sgd: peak rate of Muon steps for the conv kernels (momentum orthogonalised by Newton-Schulz, each "
+        "kernel kept at norm sqrt(filters)); follows the schedule like lr; 0 = plain SGD for them",
+        min=0.0,
+        max=MAX_LR,
+    )
+    muon_momentum: float = spec(
+        0.6, "sgd: momentum of the Muon steps (Nesterov when optimizer.nesterov)", min=0.0, max=0.9999
+    )
     lookahead_decay: float = spec(
         0.7738,
         "sgd lookahead: weight (0.95^5) of the slow copy at the end (ramps up as (step/total)^3)",
@@ -356,6 +366,7 @@ class BaseConfig:
             for key, value, off in (
                 ("bias_lr_scale", o.bias_lr_scale, 1.0),
                 ("lookahead_every", o.lookahead_every, 0),
+                ("muon_lr", o.muon_lr, 0.0),
             ):
                 if value != off:
                     raise ConfigError(

@@ -61,6 +61,7 @@ def test_each_trick_is_a_switch(tmp_path):
             "model.identity_init=false",
             "optimizer.lookahead_every=0",
             "optimizer.bias_lr_scale=1",
+            "optimizer.muon_lr=0",
             "data.alternate_flip=false",
             "trainer.tta=false",
         ]

@@ -92,6 +92,19 @@ def test_config_round_trip_and_bad_arguments():
         LookaheadSGD(lookahead_every=-1)
     with pytest.raises(ValueError, match="total_steps"):
         LookaheadSGD(total_steps=0)
+    muon = LookaheadSGD(0.1, muon_lr_scale=0.85, muon_momentum=0.5, muon_ns_steps=4)
+    clone = LookaheadSGD.from_config(muon.get_config())
+    assert (clone.muon_lr_scale, clone.muon_momentum, clone.muon_ns_steps) == (0.85, 0.5, 4)
+    for bad in (
+        {"muon_lr_scale": -0.1},
+        {"muon_lr_scale": float("nan")},
+        {"muon_momentum": 1.0},
+        {"muon_momentum": -0.2},
+        {"muon_ns_steps": 0},
+        {"muon_ns_steps": 2.5},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LookaheadSGD(**bad)
 
 
 def test_model_compiled_with_it_saves_and_resumes(tmp_path):
@@ -244,3 +257,102 @@ def test_weight_decay_shrinks_kernels_and_leaves_biases_and_batch_norm_alone(nam
         expected = before[v.path] * (1 - lr * wd) if kind == "kernel" else before[v.path]
         np.testing.assert_allclose(np.array(v), expected, rtol=1e-6, err_msg=v.path)
     assert kinds == {"kernel": 2, "bias": 2, "gamma": 1, "beta": 1}  # dense1, bn1, logits
+
+
+# ----------------------------------------------------------------------------------------------------
+# Muon steps for conv kernels (optimizer.muon_lr)
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_orthogonalize_keeps_the_svd_directions_and_pulls_singular_values_towards_one():
+    from recipes.engine.optimizers import orthogonalize
+
+    rng = np.random.default_rng(0)
+    for shape in ((36, 8), (8, 36), (16, 16)):
+        g = rng.normal(size=shape).astype(np.float32)
+        u, s, vt = np.linalg.svd(g, full_matrices=False)
+        out = np.asarray(orthogonalize(keras.ops.convert_to_tensor(g), steps=5))
+        assert out.shape == shape
+        # the same singular vectors: out = U diag(s') V^T with s' spread around 1 (Jordan's coefficients)
+        s_out = np.diag(u.T @ out @ vt.T)
+        np.testing.assert_allclose(u @ np.diag(s_out) @ vt, out, atol=1e-4)
+        assert 0.6 < s_out.min() and s_out.max() < 1.3, s_out
+        # invariant to the matrix's scale
+        np.testing.assert_allclose(
+            np.asarray(orthogonalize(keras.ops.convert_to_tensor(7 * g), 5)), out, atol=1e-5
+        )
+
+
+def _newton_schulz(x, steps):
+    """Jordan's quintic iteration in NumPy (float64), on the wide orientation of ``x``."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = x.shape[0] > x.shape[1]
+    y = (x.T if tall else x) / np.linalg.norm(x)
+    for _ in range(steps):
+        gram = y @ y.T
+        y = a * y + (b * gram + c * gram @ gram) @ y
+    return y.T if tall else y
+
+
+def test_a_muon_step_renormalises_the_kernel_and_steps_along_the_orthogonalised_momentum():
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)  # a conv kernel: 36 inputs, 6 filters
+    g1, g2 = (rng.normal(size=w0.shape).astype(np.float32) for _ in range(2))
+    bias0 = np.ones(6, np.float32)
+    kernel, bias = keras.Variable(w0, name="kernel"), keras.Variable(bias0, name="bias")
+    lr, scale, mu = 0.1, 0.5, 0.6
+    opt = LookaheadSGD(
+        lr, momentum=0.9, nesterov=True, muon_lr_scale=scale, muon_momentum=mu, muon_ns_steps=5
+    )
+    w = w0.astype(np.float64)
+    buf = np.zeros_like(w)
+    for g in (g1, g2):
+        opt.apply(
+            [keras.ops.convert_to_tensor(g), keras.ops.convert_to_tensor(np.ones(6, np.float32))],
+            [kernel, bias],
+        )
+        buf = mu * buf + g
+        direction = (g + mu * buf).reshape(36, 6)
+        w = w * np.sqrt(6) / np.linalg.norm(w) - lr * scale * _newton_schulz(direction, 5).reshape(w.shape)
+    np.testing.assert_allclose(kernel.numpy(), w, atol=2e-4)
+    # the bias (1-D) took Nesterov SGD steps at the plain rate: m = 0.9 m - lr g; b += 0.9 m - lr g
+    m, b = 0.0, 1.0
+    for _ in range(2):
+        m = 0.9 * m - lr
+        b += 0.9 * m - lr
+    np.testing.assert_allclose(bias.numpy(), b, rtol=1e-6)
+
+
+def test_muon_lr_is_sgd_only_and_reaches_the_optimizer_as_a_share_of_lr(tmp_path):
+    from recipes.config import ConfigError
+    from recipes.engine.training import build_optimizer
+    from recipes.registry import get_recipe
+
+    for name in ("adam", "adamw", "rmsprop"):
+        with pytest.raises(
+            ConfigError, match=f"optimizer.muon_lr=0.05 needs optimizer.name=sgd \\(got {name}\\)"
+        ):
+            get_recipe("mlp").config([f"optimizer.name={name}", "optimizer.muon_lr=0.05"])
+    cfg = get_recipe("fast").config(["optimizer.muon_lr=0.085", "optimizer.muon_momentum=0.5"])
+    opt = build_optimizer(cfg, steps_per_epoch=10)
+    assert isinstance(opt, LookaheadSGD)
+    assert opt.muon_lr_scale == pytest.approx(0.085 / cfg.optimizer.lr) and opt.muon_momentum == 0.5
+    # a conv net trained with it saves to .keras and loads back with its Muon buffers
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(4, 3),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(optimizer=opt, loss="mse")
+    x, y = np.random.default_rng(0).normal(size=(16, 6, 6, 3)), np.zeros((16, 2))
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    kernel = model.layers[0].kernel
+    assert np.linalg.norm(kernel.numpy()) == pytest.approx(2.0, rel=0.2)  # about sqrt(filters) after a step
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.optimizer.muon_lr_scale == opt.muon_lr_scale
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b))

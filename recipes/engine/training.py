@@ -97,7 +97,7 @@ def build_optimizer(cfg, steps_per_epoch: int) -> keras.optimizers.Optimizer:
         clipnorm=o.clipnorm,
         **(dict(use_ema=True, ema_momentum=o.ema) if o.ema else {}),
     )
-    if o.name == "sgd" and (o.bias_lr_scale != 1.0 or o.lookahead_every):
+    if o.name == "sgd" and (o.bias_lr_scale != 1.0 or o.lookahead_every or o.muon_lr):
         opt = LookaheadSGD(
             momentum=o.momentum,
             nesterov=o.nesterov,
@@ -105,6 +105,8 @@ def build_optimizer(cfg, steps_per_epoch: int) -> keras.optimizers.Optimizer:
             lookahead_every=o.lookahead_every,
             lookahead_decay=o.lookahead_decay,
             total_steps=max(1, round(cfg.trainer.epochs * steps_per_epoch)),
+            muon_lr_scale=o.muon_lr / o.lr,
+            muon_momentum=o.muon_momentum,
             **common,
         )
     elif o.name == "sgd":
