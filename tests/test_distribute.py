@@ -231,24 +231,32 @@ def test_the_cli_refuses_bad_multi_worker_settings_in_one_line(
 
 def test_mirrored_steps_match_one_device(tmp_path):
     """Same global batch and seed: the first steps' losses and the weights after them agree, for a model
-    without batch norm and for one with synchronised batch norm (statistics over the global batch). The
-    first augments its images in the train step on the replicas (``data.augment_on=device``), its reference
-    in the input pipeline: each replica crops and flips its half of the batch as one device does."""
+    without batch norm, for one with synchronised batch norm (statistics over the global batch) and for
+    ``fast``, whose conv kernels take Muon steps. The first augments its images in the train step on the
+    replicas (``data.augment_on=device``), its reference in the input pipeline: each replica crops and
+    flips its half of the batch as one device does."""
     steps = [*MLP, "schedule.warmup_epochs=0", "optimizer.lr=0.05"]  # steps that change the loss
     augmented = [*steps, "data.augment=true", "data.cutout=8"]
+    # fast's conv kernels take Muon steps (their update a function of the whole kernel's momentum)
+    muon = [*TINY, "model.width1=8", "model.width2=8", "model.width3=8", "model.sync_batch_norm=true"]
+    muon += ["trainer.batch_size=64", "trainer.precision=float32", "data.augment=false"]
     variants = {  # name: (mirrored's overrides, the one-device reference's)
         "augmented": ([*augmented, "data.augment_on=device"], [*augmented, "data.augment_on=host"]),
         "sync_bn": ([*steps, "model.batch_norm=true", "model.sync_batch_norm=true"],) * 2,
+        "fast_muon": (muon,) * 2,
     }
+    recipes = {"fast_muon": "fast"}
     procs = {
-        name: _start([WORKER, "steps", str(tmp_path / f"{name}.npz"), "mlp", *o, *MIRRORED], _env())
+        name: _start(
+            [WORKER, "steps", str(tmp_path / f"{name}.npz"), recipes.get(name, "mlp"), *o, *MIRRORED], _env()
+        )
         for name, (o, _) in variants.items()
     }
     results = dict(zip(procs, _finish(list(procs.values()))))
     for name, (_, overrides) in variants.items():
         code, _, err = results[name]
         assert code == 0, err[-3000:]
-        losses, weights = train_steps("mlp", overrides)  # the reference: one device, in this process
+        losses, weights = train_steps(recipes.get(name, "mlp"), overrides)  # one device, in this process
         got = np.load(tmp_path / f"{name}.npz")
         assert len(losses) == 4 and np.all(np.isfinite(losses)) and np.ptp(losses) > 1e-3  # it learns
         np.testing.assert_allclose(got["losses"], losses, rtol=RTOL, atol=ATOL, err_msg=name)

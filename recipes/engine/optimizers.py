@@ -28,10 +28,11 @@ class LookaheadSGD(keras.optimizers.SGD):
         lookahead_decay: ``d`` at the end of training; at step ``t`` it is ``decay * (t / total)**3``.
         total_steps: the planned number of steps (the ramp's length). At the last planned step the fast
             weights are replaced by the slow ones, as airbench does.
-        muon_lr_scale: above 0, every 4-D variable (a conv kernel) takes Muon steps at this many times the
-            learning rate instead of SGD's: ``buf = mu buf + g``; the kernel is rescaled to Frobenius norm
-            ``sqrt(filters)``, then moved by ``-rate * orthogonalize(g + mu buf)`` (Nesterov) or
-            ``-rate * orthogonalize(buf)``. Other variables keep SGD. 0 turns it off.
+        muon_lr_scale: above 0, every 4-D variable (a ``Conv2D`` kernel, ``(h, w, inputs, filters)``)
+            takes Muon steps at this many times the learning rate instead of SGD's: ``buf = mu buf + g``;
+            the kernel is rescaled to Frobenius norm ``sqrt(filters)``, then moved by
+            ``-rate * orthogonalize(g + mu buf)`` (Nesterov) or ``-rate * orthogonalize(buf)``, with no
+            ``lr_multipliers`` factor. Other variables keep SGD. 0 turns it off.
         muon_momentum: ``mu`` of the Muon steps.
         muon_ns_steps: Newton-Schulz iterations per Muon step.
         Every other argument is ``SGD``'s.
