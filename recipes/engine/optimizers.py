@@ -11,6 +11,8 @@ alike; the kernel is kept at a fixed norm, so its step is a rotation whose size 
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -95,6 +97,12 @@ class LookaheadSGD(keras.optimizers.SGD):
             (), initializer=keras.initializers.Constant(float(self.total_steps)), name="planned_steps"
         )
         self._muon = [self.muon_lr_scale > 0 and len(v.shape) == 4 for v in variables]
+        if self.muon_lr_scale > 0 and not any(self._muon):
+            warnings.warn(
+                "LookaheadSGD: muon_lr_scale > 0 but no variable is a conv kernel (4-D), so every variable "
+                "takes SGD steps; set muon_lr_scale=0 (optimizer.muon_lr=0) to silence this",
+                stacklevel=2,
+            )
         self.muon_buffers = [
             self.add_variable_from_reference(v, "muon_momentum") if use else None
             for v, use in zip(variables, self._muon)
