@@ -245,10 +245,11 @@ def test_mirrored_steps_match_one_device(tmp_path):
         "sync_bn": ([*steps, "model.batch_norm=true", "model.sync_batch_norm=true"],) * 2,
         "fast_muon": (muon,) * 2,
     }
-    recipes = {"fast_muon": "fast"}
+    recipe_of = {"fast_muon": "fast"}  # the others are mlp
     procs = {
         name: _start(
-            [WORKER, "steps", str(tmp_path / f"{name}.npz"), recipes.get(name, "mlp"), *o, *MIRRORED], _env()
+            [WORKER, "steps", str(tmp_path / f"{name}.npz"), recipe_of.get(name, "mlp"), *o, *MIRRORED],
+            _env(),
         )
         for name, (o, _) in variants.items()
     }
@@ -256,7 +257,7 @@ def test_mirrored_steps_match_one_device(tmp_path):
     for name, (_, overrides) in variants.items():
         code, _, err = results[name]
         assert code == 0, err[-3000:]
-        losses, weights = train_steps(recipes.get(name, "mlp"), overrides)  # one device, in this process
+        losses, weights = train_steps(recipe_of.get(name, "mlp"), overrides)  # one device, in this process
         got = np.load(tmp_path / f"{name}.npz")
         assert len(losses) == 4 and np.all(np.isfinite(losses)) and np.ptp(losses) > 1e-3  # it learns
         np.testing.assert_allclose(got["losses"], losses, rtol=RTOL, atol=ATOL, err_msg=name)
