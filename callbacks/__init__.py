@@ -19,7 +19,12 @@ from callbacks.gradient_stats import GradientStats
 from callbacks.learning_rate_logger import LearningRateLogger
 from callbacks.lr_finder import LRFinderResult, find_lr
 from callbacks.nan_guard import NaNGuard, TrainingDiverged
-from callbacks.optimizer_utils import current_learning_rate, learning_rate_rising, unwrap_optimizer
+from callbacks.optimizer_utils import (
+    current_learning_rate,
+    learning_rate_rising,
+    plain_update,
+    unwrap_optimizer,
+)
 from callbacks.schedules import (
     DECAYS,
     PlateauDecay,
@@ -57,6 +62,7 @@ __all__ = [
     "find_schedule",
     "fit_diagnosis",
     "learning_rate_rising",
+    "plain_update",
     "recompute_batch_norm",
     "schedule_position",
     "unwrap_optimizer",

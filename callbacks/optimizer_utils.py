@@ -15,6 +15,22 @@ def optimizer_steps(optimizer: keras.optimizers.Optimizer) -> int:
     return int(keras.ops.convert_to_numpy(unwrap_optimizer(optimizer).iterations))
 
 
+def plain_update(optimizer: keras.optimizers.Optimizer, step: int) -> bool:
+    """Whether the optimizer's update at ``step`` (0-based: its ``iterations`` during that update) moves
+    the weights by the gradient step alone. It does not when Keras's ``use_ema`` overwrites the weights
+    with their average (every ``ema_overwrite_frequency``-th update), nor where the optimizer's own
+    ``plain_update(step)`` method says so (``LookaheadSGD``: a lookahead sync). A monitor of the update's
+    size measures on plain updates."""
+    optimizer = unwrap_optimizer(optimizer)
+    own = getattr(optimizer, "plain_update", None)
+    if callable(own) and not own(step):
+        return False
+    every = (
+        getattr(optimizer, "ema_overwrite_frequency", None) if getattr(optimizer, "use_ema", False) else None
+    )
+    return not (every and (step + 1) % every == 0)
+
+
 def _rate_and_step(optimizer: keras.optimizers.Optimizer):
     """``(rate_at, next step)``: ``rate_at(step)`` is the optimizer's schedule at ``step`` (a constant
     for a float learning rate), ``next step`` its ``iterations``."""

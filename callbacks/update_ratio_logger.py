@@ -8,7 +8,15 @@ import keras
 import numpy as np
 
 from callbacks._cadence import unmeasured
-from callbacks.optimizer_utils import current_learning_rate, learning_rate_peak, learning_rate_rising
+from callbacks.optimizer_utils import (
+    current_learning_rate,
+    learning_rate_peak,
+    learning_rate_rising,
+    optimizer_steps,
+    plain_update,
+)
+
+PLAIN_SEARCH = 8  # steps searched back from an epoch's last for one that is the optimizer's update alone
 
 
 class UpdateRatioLogger(keras.callbacks.Callback):
@@ -16,7 +24,12 @@ class UpdateRatioLogger(keras.callbacks.Callback):
 
     The kernels (trainable weights of rank >= 2, nested layers' included) are copied before a step and
     compared after it: once per epoch, over the epoch's last step (or its second when the number of steps
-    per epoch is unknown), and, with ``every_n_steps``, also over steps 1, n+1, 2n+1, ... Biases and
+    per epoch is unknown), and, with ``every_n_steps``, also over steps 1, n+1, 2n+1, ... A callback that
+    ends an epoch early (a wall-clock budget's keeper) announces it with :meth:`expect_epoch_steps`, so that
+    the measurement falls on that epoch's real last step. A step on which the optimizer also moves the
+    weights by other means (Keras's ``use_ema`` overwrite, a lookahead sync: see
+    :func:`callbacks.plain_update`) is not measured: the once-per-epoch measurement moves to the latest
+    plain step before it, a periodic one to the next. Biases and
     batch-norm parameters are left out: they start at zero or one, which makes the ratio meaningless.
     At each epoch end it writes ``logs["update_ratio/<layer>"]`` and ``logs["update_ratio"]`` (the median
     over layers), each the median of that epoch's measurements: never a value measured in an earlier
@@ -60,11 +73,26 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         self._peak_lr = 0.0
         self._measured_lr = 0.0
         self._warming_up = False
+        self._epoch_index = 0
+        self._short_epochs: dict[int, int] = {}  # epoch -> its steps, where announced
+        self._first_step = 0  # the optimizer's iterations at this epoch's first batch
+        self._epoch_batch: int | None = None  # this epoch's once-per-epoch measurement (at its first batch)
+        self._periodic_due = False  # a periodic measurement waits for a plain step
+
+    def expect_epoch_steps(self, epoch: int, steps: int) -> None:
+        """Epoch ``epoch`` (0-based, as ``fit`` counts) will end after ``steps`` steps, before ``fit``'s
+        ``steps_per_epoch``: the epoch's measurement is then taken over its step ``steps``. Call it before
+        that step, e.g. from the stopping callback's ``on_epoch_begin``; the order of the callbacks does
+        not matter."""
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"`steps` must be an integer >= 1. Received: steps={steps}")
+        self._short_epochs[int(epoch)] = int(steps)
 
     def on_train_begin(self, logs=None):
         self._collect_kernels()
         self._step = 0
         self._before = None
+        self._short_epochs = {}  # announcements are for this fit only
 
     def measure_step(self, step) -> dict[str, float]:
         """Ratios over one call of ``step`` outside ``fit``, e.g. ``lambda: model.train_on_batch(x, y)``.
@@ -107,12 +135,32 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         return ratios
 
     def _due(self, batch: int) -> bool:
-        steps = (self.params or {}).get("steps")
-        once_per_epoch = batch == steps - 1 if steps else batch == 1
+        if self._epoch_batch is None:  # the epoch's first batch: one read of the step counter per epoch
+            self._first_step = optimizer_steps(self.model.optimizer) - batch
+            self._epoch_batch = self._once_per_epoch_batch()
         n = self.every_n_steps
-        return once_per_epoch or (n is not None and self._step % n == 1 % n)
+        self._periodic_due = self._periodic_due or (n is not None and self._step % n == 1 % n)
+        if batch == self._epoch_batch:
+            self._periodic_due = False
+            return True
+        if self._periodic_due and plain_update(self.model.optimizer, self._first_step + batch):
+            self._periodic_due = False
+            return True
+        return False
+
+    def _once_per_epoch_batch(self) -> int:
+        """The epoch's last batch (its second when the epoch's length is unknown), or the latest plain
+        update before it: at most ``PLAIN_SEARCH`` steps back."""
+        steps = self._short_epochs.get(self._epoch_index) or (self.params or {}).get("steps")
+        last = steps - 1 if steps else 1
+        for batch in range(last, max(last - PLAIN_SEARCH, -1), -1):
+            if plain_update(self.model.optimizer, self._first_step + batch):
+                return batch
+        return last
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_index = epoch
+        self._epoch_batch = None
         self._epoch = []
         self._warming_up = False
 

@@ -557,3 +557,41 @@ def test_a_budget_run_without_validation_trains_on_every_image(tmp_path, capsys)
     header = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
     assert "accuracy" in header and "val_accuracy" not in header
     assert "no validation set (data.val_size=0)" in capsys.readouterr().out
+
+
+def test_the_keeper_announces_a_short_last_epoch_to_the_update_ratio_logger():
+    import keras
+    import numpy as np
+
+    from callbacks import UpdateRatioLogger
+
+    plan = _plan(epochs=4, total_steps=40)
+    record = {"after_epoch": 1, "epochs": 3, "total_steps": 25, "last_epoch_steps": 5}
+    plan.replans.append({**record, "seconds_per_epoch": 1.0, "slower": True})
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 2)).astype("float32")
+    logger, seen = UpdateRatioLogger(), []
+
+    class Kernels(keras.callbacks.Callback):  # the kernel before and after every step
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(np.array(model.layers[0].kernel))
+
+        def on_train_end(self, logs=None):
+            seen.append(np.array(model.layers[0].kernel))
+
+    history = model.fit(
+        x,
+        x.sum(axis=1, keepdims=True),
+        batch_size=4,
+        epochs=plan.max_epochs,
+        steps_per_epoch=10,
+        shuffle=False,
+        verbose=0,
+        callbacks=[BudgetKeeper(plan, clock=None, listeners=[logger, "not a callback"]), logger, Kernels()],
+    )
+    assert int(model.optimizer.iterations) == 25
+    # the third epoch ends after its 5th step (step 24 of the run): that step's ratio, by the formula
+    want = np.linalg.norm(seen[25] - seen[24]) / np.linalg.norm(seen[24])
+    assert history.history["update_ratio"][2] == pytest.approx(want, rel=1e-4)

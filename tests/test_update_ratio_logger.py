@@ -194,3 +194,136 @@ def test_a_decayed_rate_whose_peak_was_too_low_is_still_warned_about():
     decay = keras.optimizers.schedules.PolynomialDecay(1e-6, decay_steps=30, end_learning_rate=0.0)
     ratios, messages = _fit_quietly_at(decay)
     assert ratios[0] < 1e-6 and any("raise the learning rate" in m for m in messages), (ratios, messages)
+
+
+class _StopPartway(keras.callbacks.Callback):
+    """Ends epoch ``epoch`` after ``steps`` steps, announcing it first (as a budget's keeper does)."""
+
+    def __init__(self, epoch: int, steps: int, listener=None):
+        super().__init__()
+        self.epoch, self.steps, self.listener, self._now = epoch, steps, listener, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._now = epoch
+        if epoch == self.epoch and self.listener is not None:
+            self.listener.expect_epoch_steps(epoch, self.steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._now == self.epoch and batch + 1 >= self.steps:
+            self.model.stop_training = True
+
+
+@pytest.mark.parametrize("logger_first", [True, False])
+def test_an_announced_short_epoch_is_measured_over_its_real_last_step(logger_first):
+    # epochs of 10 steps; the second ends after 6: its ratio is step 15's (0-based), whatever the order
+    model, x, y, w0 = _least_squares(10, 0.01)
+    expected = _hand_ratios(np.concatenate([x] * 2), np.concatenate([y] * 2), w0, lambda step: 0.01)
+    logger = UpdateRatioLogger()
+    stopper = _StopPartway(epoch=1, steps=6, listener=logger)
+    order = [logger, stopper] if logger_first else [stopper, logger]
+    history = model.fit(x, y, batch_size=4, epochs=5, shuffle=False, verbose=0, callbacks=order)
+    assert int(model.optimizer.iterations) == 16
+    np.testing.assert_allclose(history.history["update_ratio/linear"], [expected[9], expected[15]], rtol=1e-3)
+
+
+def test_an_unannounced_short_epoch_logs_not_measured():
+    model, x, y, _ = _least_squares(10, 0.01)
+    history = model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=5,
+        shuffle=False,
+        verbose=0,
+        callbacks=[UpdateRatioLogger(), _StopPartway(1, 6)],
+    )
+    logged = history.history["update_ratio"]
+    assert len(logged) == 2 and np.isfinite(logged[0]) and np.isnan(logged[1])
+
+
+def test_an_announcement_holds_for_its_own_fit_only():
+    model, x, y, w0 = _least_squares(10, 0.01)
+    logger = UpdateRatioLogger()
+    model.fit(
+        x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[logger, _StopPartway(1, 6, logger)]
+    )
+    history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[logger])
+    # the batches seen: 10, 6, then 10 and 10; the second fit's epoch 2 is measured over its 10th step
+    stream_x, stream_y = np.concatenate([x, x[:24], x, x]), np.concatenate([y, y[:24], y, y])
+    expected = _hand_ratios(stream_x, stream_y, w0, lambda step: 0.01)
+    np.testing.assert_allclose(
+        history.history["update_ratio/linear"], [expected[25], expected[35]], rtol=1e-3
+    )
+
+
+@pytest.mark.parametrize("steps", [0, -2, 2.5])
+def test_bad_announced_steps_are_refused(steps):
+    with pytest.raises(ValueError, match="steps"):
+        UpdateRatioLogger().expect_epoch_steps(0, steps)
+
+
+class _StepRecorder(keras.callbacks.Callback):
+    """Every step's ``||after - before|| / ||before||`` of the first layer's kernel, from copies."""
+
+    def __init__(self):
+        super().__init__()
+        self.ratios: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._before = np.array(self.model.layers[0].kernel, dtype=np.float64)
+
+    def on_train_batch_end(self, batch, logs=None):
+        after = np.array(self.model.layers[0].kernel, dtype=np.float64)
+        self.ratios.append(float(np.linalg.norm(after - self._before) / np.linalg.norm(self._before)))
+
+
+def _fit_and_record(optimizer, steps_per_epoch: int, epochs: int, logger: UpdateRatioLogger):
+    model, x, y, _ = _least_squares(steps_per_epoch, 0.01)
+    model.compile(optimizer=optimizer, loss="mse")
+    recorder = _StepRecorder()
+    history = model.fit(
+        x, y, batch_size=4, epochs=epochs, shuffle=False, verbose=0, callbacks=[logger, recorder]
+    )
+    return history.history["update_ratio/linear"], recorder.ratios
+
+
+def test_steps_that_overwrite_with_keras_ema_are_not_measured():
+    # every 5th update (0-based steps 4, 9, 14, 19) ends on the average: each epoch's last step is one,
+    # so each epoch is measured over the step before it
+    optimizer = keras.optimizers.SGD(0.05, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=5)
+    logged, steps = _fit_and_record(optimizer, 10, 2, UpdateRatioLogger())
+    np.testing.assert_allclose(logged, [steps[8], steps[18]], rtol=1e-4)
+    assert abs(steps[9] - steps[8]) > 0.05 * steps[8]  # the overwrite step would read differently
+
+
+def test_lookahead_syncs_and_the_final_switch_are_not_measured():
+    from recipes.engine.optimizers import LookaheadSGD
+
+    # syncs after every 5th update (steps 4, 9, 14, 19) and at the last planned one (step 18 of 19)
+    optimizer = LookaheadSGD(0.05, momentum=0.5, lookahead_every=5, lookahead_decay=0.5, total_steps=19)
+    logged, steps = _fit_and_record(optimizer, 10, 2, UpdateRatioLogger())
+    np.testing.assert_allclose(logged, [steps[8], steps[17]], rtol=1e-4)
+
+
+def test_a_periodic_measurement_due_on_an_overwrite_moves_to_the_next_step():
+    # every 3 steps (1, 4, 7) and the epoch's last (7): with an overwrite at steps 3 and 7, the epoch's
+    # measurement moves back to 6 and the periodic one at 7 has no later step in the fit: steps 1, 4, 6
+    optimizer = keras.optimizers.SGD(0.05, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=4)
+    logged, steps = _fit_and_record(optimizer, 8, 1, UpdateRatioLogger(every_n_steps=3))
+    assert logged[0] == pytest.approx(np.median([steps[1], steps[4], steps[6]]), rel=1e-4)
+
+
+def test_plain_update_names_the_steps_that_move_weights_by_other_means():
+    from callbacks import plain_update
+    from recipes.engine.optimizers import LookaheadSGD
+
+    def jumps(optimizer, steps=12):
+        return [s for s in range(steps) if not plain_update(optimizer, s)]
+
+    assert jumps(LookaheadSGD(0.1, lookahead_every=5, total_steps=12)) == [4, 9, 11]
+    assert jumps(LookaheadSGD(0.1, lookahead_every=0, total_steps=12)) == []
+    assert jumps(keras.optimizers.SGD(0.1, use_ema=True, ema_overwrite_frequency=3)) == [2, 5, 8, 11]
+    assert jumps(keras.optimizers.SGD(0.1, use_ema=True)) == []  # an average, never written back in fit
+    assert jumps(keras.optimizers.Adam(0.1)) == []
+    wrapped = keras.optimizers.LossScaleOptimizer(LookaheadSGD(0.1, lookahead_every=4, total_steps=100))
+    assert jumps(wrapped) == [3, 7, 11]

@@ -28,7 +28,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -367,16 +367,23 @@ class BudgetKeeper(keras.callbacks.Callback):
     ``clock`` is the ``time.perf_counter()`` at which the budget started; ``None`` (a resumed run, whose
     earlier time is unknown) only ends the run at the planned or re-planned step. Run ``fit`` with
     ``epochs=plan.max_epochs``: the keeper stops it at ``plan.stop_epoch`` (after ``plan.stop_steps`` of
-    its steps). The only per-step work is one comparison, in the last epoch.
+    its steps). The only per-step work is one comparison, in the last epoch. Each of ``listeners`` with an
+    ``expect_epoch_steps(epoch, steps)`` method (:class:`callbacks.UpdateRatioLogger`) hears at that
+    epoch's start that it will end early, so that what it measures at an epoch's last step is measured.
     """
 
     def __init__(
-        self, plan: BudgetPlan, clock: float | None, on_replan: Callable[[dict], None] | None = None
+        self,
+        plan: BudgetPlan,
+        clock: float | None,
+        on_replan: Callable[[dict], None] | None = None,
+        listeners: Sequence = (),
     ):
         super().__init__()
         self.plan = plan
         self.clock = clock
         self.on_replan = on_replan
+        self.listeners = [x for x in listeners if hasattr(x, "expect_epoch_steps")]
         self._costs: list[float] = []
         self._stop_after: int | None = None
         self._step_ends: list[tuple[int, float]] = []  # (step, when): the first and the latest
@@ -389,6 +396,9 @@ class BudgetKeeper(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         last = epoch + 1 == self.plan.stop_epoch and self.plan.stop_steps < self.plan.steps_per_epoch
         self._stop_after = self.plan.stop_steps if last else None
+        if last:
+            for listener in self.listeners:
+                listener.expect_epoch_steps(epoch, self.plan.stop_steps)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._stop_after is not None and batch + 1 >= self._stop_after:

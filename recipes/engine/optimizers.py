@@ -149,6 +149,14 @@ class LookaheadSGD(keras.optimizers.SGD):
         self.assign(slow, new_slow)
         self.assign(variable, ops.where(due, new_slow, variable))
 
+    def plain_update(self, step: int) -> bool:
+        """Whether the update at ``step`` (0-based) is SGD's or Muon's alone: not a lookahead sync (every
+        ``lookahead_every``-th update, and the last planned one), which also pulls the weights towards
+        the slow ones (:func:`callbacks.plain_update` reads it, so that update-size monitors skip syncs)."""
+        if not self.lookahead_every:
+            return True
+        return (step + 1) % self.lookahead_every != 0 and step + 1 != self.total_steps
+
     def set_total_steps(self, total_steps: int) -> None:
         """Move the end of the ramp (and the final switch to the slow weights) to ``total_steps``."""
         self.total_steps = int(total_steps)

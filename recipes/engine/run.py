@@ -234,7 +234,14 @@ def run_callbacks(r: _Run, training: Training, checkpoint: RunCheckpoint) -> lis
     keeper = []
     if isinstance(r.plan, BudgetPlan):  # before the checkpoint, which then saves the re-planned schedule
         clock = None if r.first_epoch else r.clock
-        keeper = [BudgetKeeper(r.plan, clock), ReplanReporter(r.plan, r.out_dir / "plan.json", r.echo)]
+        listeners = [
+            *training.callbacks,
+            *r.extra_callbacks,
+        ]  # UpdateRatioLogger: the last epoch may be short
+        keeper = [
+            BudgetKeeper(r.plan, clock, listeners=listeners),
+            ReplanReporter(r.plan, r.out_dir / "plan.json", r.echo),
+        ]
     tensorboard = keras.callbacks.TensorBoard(
         log_dir=str(r.out_dir / "tensorboard"), update_freq="epoch", profile_batch=0, write_graph=False
     )
