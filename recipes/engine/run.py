@@ -234,10 +234,8 @@ def run_callbacks(r: _Run, training: Training, checkpoint: RunCheckpoint) -> lis
     keeper = []
     if isinstance(r.plan, BudgetPlan):  # before the checkpoint, which then saves the re-planned schedule
         clock = None if r.first_epoch else r.clock
-        listeners = [
-            *training.callbacks,
-            *r.extra_callbacks,
-        ]  # UpdateRatioLogger: the last epoch may be short
+        # the keeper tells them when the last epoch ends early (UpdateRatioLogger's epoch-end measurement)
+        listeners = [*training.callbacks, *r.extra_callbacks]
         keeper = [
             BudgetKeeper(r.plan, clock, listeners=listeners),
             ReplanReporter(r.plan, r.out_dir / "plan.json", r.echo),
