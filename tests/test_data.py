@@ -182,6 +182,19 @@ def test_splits_and_statistics_come_from_the_training_split_only():
     np.testing.assert_array_equal(limited.x_train, x[:50])
 
 
+def test_the_sample_is_decoded_once_and_each_call_gets_its_own_copy(sample_arrays):
+    from recipes.data import read_sample
+
+    first = read_sample()
+    first[0][:] = 0  # a caller that normalises in place must not change what the next call reads
+    first[1][:] = -1
+    second = read_sample()
+    for got, expected in zip(second, sample_arrays):
+        np.testing.assert_array_equal(got, expected)
+    assert second[0].std() > 30 and second[1].min() == 0  # the images and labels, not the zeros written
+    assert not np.shares_memory(first[0], second[0])
+
+
 def test_bundled_sample_is_small_real_and_flagged(sample_arrays):
     assert SAMPLE_PATH.stat().st_size <= 8 * 1024 * 1024
     x_train, y_train, x_test, y_test = sample_arrays
