@@ -351,7 +351,12 @@ def test_two_workers_train_like_one_device_and_resume_after_sigkill(tmp_path):
     ]
     ports = _free_ports(2)
     killed = _on_workers([str(ROOT / "tests" / "kill_points.py"), "step", "1:0", "mlp", *overrides], ports)
-    assert [code for code, _, _ in killed] == [-signal.SIGKILL] * 2, killed[0][2][-3000:]
+    # Each kills itself after the same step, but a worker still finishing that step's collective (the
+    # metrics' cross-worker read) when its peer dies fails on the closed socket instead: the cluster is
+    # down either way, as when one machine of a real one dies.
+    assert -signal.SIGKILL in [code for code, _, _ in killed], killed[0][2][-3000:]
+    for code, _, err in killed:
+        assert code == -signal.SIGKILL or (code == 1 and "UnavailableError" in err), err[-3000:]
     assert (out / "checkpoints" / "epoch-001.keras").exists() and (out / "workertemp_1").is_dir()
 
     reference = run("mlp", [*augmented, f"trainer.out_dir={tmp_path / 'one'}"])  # while the ports settle
