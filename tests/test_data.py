@@ -182,9 +182,13 @@ def test_splits_and_statistics_come_from_the_training_split_only():
     np.testing.assert_array_equal(limited.x_train, x[:50])
 
 
-def test_the_sample_is_decoded_once_and_each_call_gets_its_own_copy(sample_arrays):
+def test_the_sample_is_decoded_once_and_each_call_gets_its_own_copy(sample_arrays, monkeypatch):
+    import tensorflow as tf
+
     from recipes.data import read_sample
 
+    # sample_arrays decoded it in this process already: a later call decodes nothing
+    monkeypatch.setattr(tf.io, "decode_jpeg", lambda *a, **k: pytest.fail("decoded a second time"))
     first = read_sample()
     first[0][:] = 0  # a caller that normalises in place must not change what the next call reads
     first[1][:] = -1
