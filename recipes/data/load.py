@@ -17,13 +17,7 @@ def load_data(cfg, *, seed: int = 0, allow_download: bool = True) -> ImageData:
         arrays, names = read_folder(cfg.path, cfg.image_size, seed)
         return split(arrays, class_names=names, source=f"folder:{Path(cfg.path).resolve()}", **kwargs)
     if cfg.name == "sample":
-        return split(
-            read_sample(),
-            class_names=CIFAR10_CLASSES,
-            source="cifar10-sample (bundled)",
-            is_sample=True,
-            **kwargs,
-        )
+        return _sample(kwargs)
     if cfg.name == "cifar10":
         arrays, source = find_cifar(cfg.path, allow_download=allow_download)
         return split(arrays, class_names=CIFAR10_CLASSES, source=source, **kwargs)
@@ -36,15 +30,20 @@ def load_data(cfg, *, seed: int = 0, allow_download: bool = True) -> ImageData:
         if cfg.path:  # the user named a path: a problem with it is an error, not a reason to fall back
             raise
         problem = str(e) if any(c.exists() for c in keras_cache_candidates()) else "not there"
-        data = split(
-            read_sample(),
-            class_names=CIFAR10_CLASSES,
-            source="cifar10-sample (bundled)",
-            is_sample=True,
-            **kwargs,
-        )
+        data = _sample(kwargs)
         data.notes.append(
             f"looked for CIFAR-10 in {cache_search_text()}: {problem}; using the bundled sample "
             "(data.name=auto never downloads; data.name=cifar10 does)"
         )
         return data
+
+
+def _sample(split_kwargs: dict) -> ImageData:
+    """The bundled CIFAR-10 sample's splits."""
+    return split(
+        read_sample(),
+        class_names=CIFAR10_CLASSES,
+        source="cifar10-sample (bundled)",
+        is_sample=True,
+        **split_kwargs,
+    )
