@@ -73,6 +73,7 @@ MAX_STEPS = 10**9  # counts of optimizer steps
 MAX_LR = 1e6  # lr times any multiplier (bias_lr_scale <= 1e4) stays far below float32's 3.4e38
 MAX_PIXELS = 1_024  # image sides, paddings, shifts and cutouts
 CIFAR_SIDE = 32  # the side of CIFAR-10 images (data.name auto, cifar10, sample)
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")  # trainer.strategy
 
 
 def nearest(word: str, options: typing.Iterable[str]) -> str:
@@ -338,7 +339,7 @@ class TrainerConfig:
         "auto",
         "tf.distribute strategy: auto (mirrored over all GPUs when more than one is visible, else one "
         "device), one_device, mirrored, multi_worker (TF_CONFIG); trainer.batch_size is the global batch",
-        choices=("auto", "one_device", "mirrored", "multi_worker"),
+        choices=STRATEGIES,
     )
     cpu_replicas: int = spec(
         1,

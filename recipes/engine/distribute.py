@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from recipes.config import ConfigError
+from recipes.config import STRATEGIES, ConfigError
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 TF_CONFIG_EXAMPLE = (
     '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
 )
