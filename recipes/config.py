@@ -328,6 +328,13 @@ class TrainerConfig:
         "CPU runs already repeat exactly for a seed without it)",
     )
     verbose: str = spec("auto", "progress display", choices=("auto", "bar", "epoch", "silent"))
+    bn_refresh: str = spec(
+        "auto",
+        "measure batch norm's moving statistics again for the weights the run ends on, on the first 2,000 "
+        "training images: auto (when those weights are not the ones the statistics followed: "
+        "optimizer.ema's average, optimizer.lookahead_every's slow copy), true, false",
+        choices=("auto", "true", "false"),
+    )
     keep_checkpoints: int = spec(
         0,
         "keep the K best epochs by val_accuracy as inference models in best/ (0 = off); "

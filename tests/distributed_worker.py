@@ -41,10 +41,13 @@ class BatchLosses(keras.callbacks.Callback):
         self._mean = mean
 
 
-def train_steps(recipe_name: str, overrides: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+def train_steps(recipe_name: str, overrides: list[str]) -> tuple[np.ndarray, list[np.ndarray], list[list]]:
     """One epoch of ``recipe_name`` under ``trainer.strategy`` (as ``run`` trains it: the strategy made
-    first, the model built and compiled in its scope); each step's loss and the weights after it."""
+    first, the model built and compiled in its scope), then the run's end (:func:`finish_weights`: batch
+    norm's statistics measured again where ``trainer.bn_refresh`` says); each step's loss, the weights
+    after it, and each weight's copy on every replica."""
     from recipes.data import load_data
+    from recipes.engine.averaging import finish_weights
     from recipes.engine.distribute import distribution
     from recipes.engine.multi_worker import fit_function
     from recipes.engine.training import build_training, setup_determinism
@@ -65,7 +68,12 @@ def train_steps(recipe_name: str, overrides: list[str]) -> tuple[np.ndarray, lis
         verbose=0,
         shuffle=False,
     )
-    return np.array(losses.losses), [np.asarray(w) for w in training.model.get_weights()]
+    finish_weights(training.model, cfg, data, training.batch_size)
+    model = training.model
+    copies = [
+        [np.asarray(c) for c in dist.strategy.experimental_local_results(v.value)] for v in model.weights
+    ]
+    return np.array(losses.losses), [np.asarray(w) for w in model.get_weights()], copies
 
 
 def nan_guard_run(strategy=None) -> tuple[dict, list[list[np.ndarray]]]:
@@ -112,8 +120,9 @@ def keras_fit_under_multi_worker() -> dict:
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
     if mode == "steps":
-        step_losses, weights = train_steps(rest[0], rest[1:])
-        np.savez(out, losses=step_losses, **{f"w{i}": w for i, w in enumerate(weights)})
+        step_losses, weights, copies = train_steps(rest[0], rest[1:])
+        replicas = {f"w{i}_replica{r}": c for i, per in enumerate(copies) for r, c in enumerate(per)}
+        np.savez(out, losses=step_losses, **{f"w{i}": w for i, w in enumerate(weights)}, **replicas)
     elif mode == "nan":
         import tensorflow as tf
 

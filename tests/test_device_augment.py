@@ -90,8 +90,8 @@ def test_training_with_device_augmentation_matches_the_pipelines(recipe, extra):
         "trainer.batch_size=64",
         "trainer.epochs=1",
     ]
-    host_losses, host_weights = train_steps(recipe, [*common, "data.augment_on=host"])
-    device_losses, device_weights = train_steps(recipe, [*common, "data.augment_on=device"])
+    host_losses, host_weights, _ = train_steps(recipe, [*common, "data.augment_on=host"])
+    device_losses, device_weights, _ = train_steps(recipe, [*common, "data.augment_on=device"])
     assert len(host_losses) == 4 and np.ptp(host_losses) > 1e-4
     np.testing.assert_allclose(device_losses, host_losses, rtol=1e-6, atol=1e-6)
     for h, d in zip(host_weights, device_weights):
@@ -117,8 +117,8 @@ def test_device_augmentation_compiles_under_xla_as_on_a_gpu():
     # every op of the augmentation must compile (rehearsed here on the CPU, against the pipeline's run)
     common = [*TINY, "model.width=16", "data.augment=true", "data.cutout=4", "data.pad_mode=reflect"]
     common += ["trainer.batch_size=64", "trainer.epochs=1"]
-    host_losses, host_weights = train_steps("mlp", [*common, "data.augment_on=host"])
-    xla_losses, xla_weights = train_steps(
+    host_losses, host_weights, _ = train_steps("mlp", [*common, "data.augment_on=host"])
+    xla_losses, xla_weights, _ = train_steps(
         "mlp", [*common, "data.augment_on=device", "trainer.jit_compile=true"]
     )
     np.testing.assert_allclose(xla_losses, host_losses, rtol=1e-4, atol=1e-5)

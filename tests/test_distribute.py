@@ -234,7 +234,9 @@ def test_mirrored_steps_match_one_device(tmp_path):
     without batch norm, for one with synchronised batch norm (statistics over the global batch) and for
     ``fast``, whose conv kernels take Muon steps. The first augments its images in the train step on the
     replicas (``data.augment_on=device``), its reference in the input pipeline: each replica crops and
-    flips its half of the batch as one device does."""
+    flips its half of the batch as one device does. ``fast`` ends on its lookahead's slow weights, whose
+    batch-norm statistics the run measures again (``trainer.bn_refresh=auto``): each replica holds the
+    one-device statistics."""
     steps = [*MLP, "schedule.warmup_epochs=0", "optimizer.lr=0.05"]  # steps that change the loss
     augmented = [*steps, "data.augment=true", "data.cutout=8"]
     # fast's conv kernels take Muon steps (their update a function of the whole kernel's momentum)
@@ -257,13 +259,14 @@ def test_mirrored_steps_match_one_device(tmp_path):
     for name, (_, overrides) in variants.items():
         code, _, err = results[name]
         assert code == 0, err[-3000:]
-        losses, weights = train_steps(recipe_of.get(name, "mlp"), overrides)  # one device, in this process
+        losses, weights, _ = train_steps(recipe_of.get(name, "mlp"), overrides)  # one device, here
         got = np.load(tmp_path / f"{name}.npz")
         assert len(losses) == 4 and np.all(np.isfinite(losses)) and np.ptp(losses) > 1e-3  # it learns
         np.testing.assert_allclose(got["losses"], losses, rtol=RTOL, atol=ATOL, err_msg=name)
-        assert len(got.files) - 1 == len(weights)
+        assert len(got.files) - 1 == 3 * len(weights)  # the weights, and their copy on each replica
         for i, w in enumerate(weights):
-            np.testing.assert_allclose(got[f"w{i}"], w, rtol=RTOL, atol=ATOL, err_msg=f"{name} weight {i}")
+            for key in (f"w{i}", f"w{i}_replica0", f"w{i}_replica1"):
+                np.testing.assert_allclose(got[key], w, rtol=RTOL, atol=ATOL, err_msg=f"{name} {key}")
 
 
 def test_every_callback_under_mirrored_gives_the_one_device_history(tmp_path):
@@ -339,10 +342,13 @@ def test_keras_fit_still_fails_under_multi_worker(tmp_path):
 def test_two_workers_train_like_one_device_and_resume_after_sigkill(tmp_path):
     """Both workers SIGKILLed after epoch 1's first step, then started again with the same command: the run
     resumes at epoch 1 and ends with one device's history and weights; the chief's run directory is
-    complete and the other worker's temporary folder is gone."""
+    complete and the other worker's temporary folder is gone. The run ends by measuring batch norm's
+    statistics again (``trainer.bn_refresh=true``): the saved model holds one device's."""
     out = tmp_path / "mw"
-    # the workers crop and flip in their train step (data.augment_on=device), the reference in its pipeline
-    augmented = [*MLP, "data.augment=true"]
+    # the workers crop and flip in their train step (data.augment_on=device), the reference in its pipeline;
+    # batch norm over the global batch, its statistics measured again at the end on every worker
+    augmented = [*MLP, "data.augment=true", "model.batch_norm=true", "model.sync_batch_norm=true"]
+    augmented += ["trainer.bn_refresh=true"]
     overrides = [
         *augmented,
         "data.augment_on=device",
@@ -374,7 +380,7 @@ def test_two_workers_train_like_one_device_and_resume_after_sigkill(tmp_path):
     _assert_same_history(_history(out / "history.csv"), _history(reference.out_dir / "history.csv"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["strategy"], metrics["replicas"], metrics["global_batch_size"]) == ("multi_worker", 2, 64)
-    assert metrics["augment_on"] == "device"
+    assert metrics["augment_on"] == "device" and metrics["bn_refresh_images"] == 256  # data.train_limit
     import keras
 
     import recipes

@@ -35,7 +35,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from callbacks import Replannable, schedule_position, unwrap_optimizer
+from callbacks import Replannable, recompute_batch_norm, schedule_position, unwrap_optimizer
+from callbacks.ema_validation import batch_norm_layers
 
 CALIBRATION_STEPS = 30
 SKIP_STEPS = 10  # the first step traces; the next ones run on prefetched batches
@@ -60,7 +61,7 @@ class BudgetPlan:
     reserved_seconds: float  # compile, per-epoch validation and saving, final evaluation
     configured_epochs: int
     configured_steps_per_epoch: int
-    final_eval_seconds: float = 0.0  # the final evaluation and save, part of reserved_seconds
+    final_eval_seconds: float = 0.0  # the final statistics, evaluation and save, part of reserved_seconds
     trace_seconds: float = 0.0  # the first training step's tracing, paid again by the first epoch
     replans: list[dict] = field(default_factory=list)  # BudgetKeeper's re-plans, in order
     schedule_steps: int = 0  # the configured schedule's length in its own steps (0: total_steps)
@@ -129,6 +130,23 @@ def _time_predict(model, x: np.ndarray, batch_size: int) -> float:
     start = time.perf_counter()
     model.predict(x, batch_size=batch_size, verbose=0)
     return (time.perf_counter() - start) / len(x)
+
+
+def _time_bn_refresh(model: keras.Model, images: np.ndarray, batch_size: int) -> float:
+    """Seconds per image of measuring batch norm's statistics again (:func:`callbacks.recompute_batch_norm`,
+    timed on one batch of ``images``; the statistics put back); 0 without images or batch norm."""
+    layers = batch_norm_layers(model)
+    if not layers or not len(images):
+        return 0.0
+    saved = [(keras.ops.copy(bn.moving_mean), keras.ops.copy(bn.moving_variance)) for bn in layers]
+    batch = images[:batch_size]
+    start = time.perf_counter()
+    recompute_batch_norm(model, batch, batch_size)
+    seconds = time.perf_counter() - start
+    for bn, (mean, variance) in zip(layers, saved):
+        bn.moving_mean.assign(mean)
+        bn.moving_variance.assign(variance)
+    return seconds / len(batch)
 
 
 def _time_epoch_end(model) -> float:
@@ -231,6 +249,8 @@ def calibrate(
     eval_batch_size: int,
     val_examples: int,
     eval_views: tuple[int, ...] = (1,),
+    refresh_images: np.ndarray | tuple = (),
+    refresh_batch_size: int = 1,
 ) -> BudgetPlan:
     """Train ``CALIBRATION_STEPS`` steps on ``train_ds``, timing them, then plan the steps that fit in
     what is left of ``budget_seconds``.
@@ -243,18 +263,21 @@ def calibrate(
     ``eval_images``: the test images (raw; a slice is timed). ``eval_views``: the final evaluation's
     allowed forward passes over ``eval_images`` (one per test-time augmentation view): the configured
     count first, then the cheaper counts it may fall back to; the plan takes the most that fit within
-    ``EVAL_SHARE`` of the budget (:func:`eval_views_that_fit`). Raises ``ValueError`` when not even one
-    step fits.
+    ``EVAL_SHARE`` of the budget (:func:`eval_views_that_fit`). ``refresh_images``: the training images
+    the run measures batch norm's statistics on before that evaluation (``trainer.bn_refresh``), in batches
+    of ``refresh_batch_size``; one batch is timed, and their time is reserved with the evaluation's.
+    Raises ``ValueError`` when not even one step fits.
     """
     start = time.perf_counter()
     before = _SavedState(model)
     step, trace, kept = _time_steps(model, train_ds)
     per_image = _time_predict(model, eval_images[: max(2 * eval_batch_size, 1024)], eval_batch_size)
     epoch_end = _time_epoch_end(model)
+    refresh = _time_bn_refresh(model, refresh_images, refresh_batch_size) * len(refresh_images)
     calibration = time.perf_counter() - start
 
     views = eval_views_that_fit(per_image * len(eval_images), tuple(eval_views), budget_seconds)
-    final_eval = per_image * len(eval_images) * views + epoch_end
+    final_eval = per_image * len(eval_images) * views + epoch_end + refresh
     per_epoch = per_image * val_examples + epoch_end + 0.1  # validation, checkpoint, curves, monitors
     left = budget_seconds - elapsed_seconds - calibration - final_eval - 2 * trace  # train + eval traces
     configured_steps = configured_epochs * steps_per_epoch

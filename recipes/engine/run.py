@@ -24,7 +24,7 @@ from callbacks.optimizer_utils import optimizer_steps
 from recipes.config import ConfigError, parse_duration, to_yaml
 from recipes.data import ImageData, load_data
 from recipes.engine.atomic import write_json, write_text
-from recipes.engine.averaging import finish_ema, save_final_checkpoint
+from recipes.engine.averaging import finish_weights, refresh_images, save_final_checkpoint
 from recipes.engine.budget import (
     BudgetKeeper,
     BudgetPlan,
@@ -214,6 +214,8 @@ def plan(r: _Run, probe: Training) -> None:
             eval_batch_size=probe.eval_batch_size,
             val_examples=len(r.data.x_val),
             eval_views=allowed_views(r.cfg),
+            refresh_images=refresh_images(r.cfg, r.data),
+            refresh_batch_size=probe.batch_size,
         )
     except ValueError as e:
         raise ConfigError(f"trainer.budget={r.cfg.trainer.budget}: {e}") from None
@@ -286,9 +288,10 @@ def fit(r: _Run, training: Training) -> RunCheckpoint:
 
 def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
     """``history.csv``, the test evaluation (unless the NaN guard stopped the run), ``model.keras`` and
-    ``metrics.json``; with ``optimizer.ema`` all of the averaged weights (:func:`finish_ema`)."""
+    ``metrics.json``, all of the weights the run ends on (:func:`finish_weights`: ``optimizer.ema``'s
+    average, batch-norm statistics measured for them)."""
     model, rows, batch = training.model, checkpoint.rows, training.batch_size
-    averaged = finish_ema(model, r.data, batch)  # optimizer.ema: the averaged weights, their BN statistics
+    final = finish_weights(model, r.cfg, r.data, batch)
     write_text(r.out_dir / "history.csv", history_csv(rows))
     seconds = checkpoint.session_seconds
     images_per_second = checkpoint.session_steps * batch / seconds if seconds else None
@@ -305,6 +308,7 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         "seed": r.cfg.trainer.seed,
         **distribution(r.cfg).record(batch),  # strategy, replicas, global_batch_size
         "ema": r.cfg.optimizer.ema,  # the decay of the averaged weights evaluated and saved; 0: the raw ones
+        "bn_refresh_images": final["bn_refresh_images"],  # 0: the statistics as training left them
         "precision": keras.mixed_precision.global_policy().name,  # trainer.precision, auto resolved
         "augment_on": "device" if augments_on_device(r.cfg) else "host",  # data.augment_on, auto resolved
         "versions": library_versions(),
@@ -326,7 +330,7 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         if diagnosis:
             metrics["fit_diagnosis"] = diagnosis
     save_inference_model(model, r.out_dir / "model.keras")
-    if averaged and not result.diverged:
+    if (final["averaged"] or final["bn_refresh_images"]) and not result.diverged:
         save_final_checkpoint(model, r.out_dir, len(rows))
     if not result.diverged:
         overhead = sum(getattr(cb, "overhead_seconds", 0.0) for cb in r.extra_callbacks)

@@ -13,7 +13,8 @@ David Page, "How to train your ResNet", 2018), written in Keras:
   (:func:`airbench_hyperparameters`), Muon steps for the conv kernels (``optimizer.muon_lr``, from
   airbench94_muon), batch-norm shifts at ``optimizer.bias_lr_scale`` times the rate,
   a short warmup from a fraction of the peak and a linear decay, label smoothing 0.2, a lookahead of the
-  weights;
+  weights (the run ends on the slow copy, with batch norm's statistics measured again for it:
+  ``trainer.bn_refresh``);
 - reflect-padded 2-pixel translations and flips that alternate per epoch; test-time augmentation over
   the mirror image and 1-pixel translations.
 
