@@ -23,6 +23,7 @@ from callbacks.optimizer_utils import (
     current_learning_rate,
     learning_rate_rising,
     plain_update,
+    rate_sized_update,
     unwrap_optimizer,
 )
 from callbacks.schedules import (
@@ -63,6 +64,7 @@ __all__ = [
     "fit_diagnosis",
     "learning_rate_rising",
     "plain_update",
+    "rate_sized_update",
     "recompute_batch_norm",
     "schedule_position",
     "unwrap_optimizer",

@@ -31,6 +31,15 @@ def plain_update(optimizer: keras.optimizers.Optimizer, step: int) -> bool:
     return not (every and (step + 1) % every == 0)
 
 
+def rate_sized_update(optimizer: keras.optimizers.Optimizer, variable) -> bool:
+    """Whether the optimizer's step for ``variable`` has a size its learning rate fixes, whatever the
+    gradient: the optimizer's own ``rate_sized_update(variable)`` says so (``LookaheadSGD``: a kernel
+    taking Muon steps, a rotation at fixed norm). The update-to-weight ratio of such a variable says how
+    the rate was set, not how training goes, so update-ratio rules of thumb do not apply to it."""
+    own = getattr(unwrap_optimizer(optimizer), "rate_sized_update", None)
+    return bool(callable(own) and own(variable))
+
+
 def _rate_and_step(optimizer: keras.optimizers.Optimizer):
     """``(rate_at, next step)``: ``rate_at(step)`` is the optimizer's schedule at ``step`` (a constant
     for a float learning rate), ``next step`` its ``iterations``."""

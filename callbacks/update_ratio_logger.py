@@ -14,6 +14,7 @@ from callbacks.optimizer_utils import (
     learning_rate_rising,
     optimizer_steps,
     plain_update,
+    rate_sized_update,
 )
 
 PLAIN_SEARCH = 8  # steps searched back from an epoch's last for one that is the optimizer's update alone
@@ -39,7 +40,10 @@ class UpdateRatioLogger(keras.callbacks.Callback):
     learning is too slow, much higher and it is unstable), except while the learning rate is still rising
     at the measured step (a warmup: the ratio grows with it) and, for a low ratio, when the rate has
     decayed and the schedule's peak rate so far would have given a healthy ratio (the update scales with
-    the rate: that is the schedule annealing, as intended). Only ``on_train_batch_begin`` is used among
+    the rate: that is the schedule annealing, as intended). The warning judges the median over the layers
+    whose step the gradient sizes: a kernel whose optimizer fixes its step's size by the rate (Muon steps
+    in ``LookaheadSGD``: :func:`callbacks.rate_sized_update`) is logged but not judged, and with only such
+    layers nothing is. Only ``on_train_batch_begin`` is used among
     the batch hooks, so Keras keeps its asynchronous batch-end dispatch; a measurement costs two copies
     of the kernels.
 
@@ -66,6 +70,7 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         self.healthy_range = (float(low), float(high))
         self.latest: dict[str, float] = {}
         self._kernels: dict[str, list] = {}
+        self._judged: list[str] = []  # layers whose ratio the healthy range applies to
         self._before: dict[str, list[np.ndarray]] | None = None
         self._epoch: list[dict[str, float]] = []  # this epoch's measurements
         self._step = 0
@@ -111,6 +116,12 @@ class UpdateRatioLogger(keras.callbacks.Callback):
             weights = [w for w in layer._trainable_variables if len(w.shape) >= 2]
             if weights:
                 self._kernels[layer.name] = weights
+        optimizer = getattr(self.model, "optimizer", None)
+        self._judged = [
+            name
+            for name, weights in self._kernels.items()
+            if not any(rate_sized_update(optimizer, w) for w in weights)
+        ]
 
     def _snapshot(self) -> dict[str, list[np.ndarray]]:
         return {
@@ -190,7 +201,11 @@ class UpdateRatioLogger(keras.callbacks.Callback):
             key: float(np.median([m[key] for m in self._epoch if key in m])) for key in self._epoch[-1]
         }
         logs.update(self.latest)
-        self._check(self.latest["update_ratio"])
+        judged = [
+            self.latest[key] for key in (f"update_ratio/{n}" for n in self._judged) if key in self.latest
+        ]
+        if judged:
+            self._check(float(np.median(judged)))
 
     def _check(self, median: float) -> None:
         low, high = self.healthy_range

@@ -327,3 +327,55 @@ def test_plain_update_names_the_steps_that_move_weights_by_other_means():
     assert jumps(keras.optimizers.Adam(0.1)) == []
     wrapped = keras.optimizers.LossScaleOptimizer(LookaheadSGD(0.1, lookahead_every=4, total_steps=100))
     assert jumps(wrapped) == [3, 7, 11]
+
+
+def _conv_net(muon_lr_scale: float, lr: float, head: bool):
+    """A conv layer (and a dense head) trained by ``LookaheadSGD``; ``muon_lr_scale > 0``: Muon steps for
+    the conv kernel, whose step is a rotation of size about ``lr * muon_lr_scale``."""
+    from recipes.engine.optimizers import LookaheadSGD
+
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((8, 8, 3)), keras.layers.Conv2D(8, 3, name="conv")]
+    layers += [keras.layers.GlobalAveragePooling2D()]
+    layers += [keras.layers.Dense(2, name="head")] if head else []
+    model = keras.Sequential(layers)
+    model.compile(optimizer=LookaheadSGD(lr, muon_lr_scale=muon_lr_scale, total_steps=8), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 8, 8, 3)).astype(np.float32)
+    y = rng.standard_normal((32, 2 if head else 8)).astype(np.float32)
+    return model, x, y
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_muon_kernels_are_logged_but_not_judged(head):
+    # lr 0.01 keeps the head's SGD steps near 1e-3; Muon's rate 0.05 moves the conv kernel by about 2% a
+    # step, which SGD's rule would call too high
+    model, x, y = _conv_net(muon_lr_scale=5.0, lr=0.01, head=head)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UpdateRatioLogger()])
+    assert min(history.history["update_ratio/conv"]) > 1e-2  # logged, above the healthy range
+    if head:
+        assert all(1e-4 <= r <= 1e-2 for r in history.history["update_ratio/head"])
+    assert [str(w.message) for w in caught if "UpdateRatio" in str(w.message)] == []
+
+
+def test_the_same_ratio_from_sgd_steps_is_warned_about():
+    model, x, y = _conv_net(muon_lr_scale=0.0, lr=3.0, head=False)  # plain SGD, far too large a rate
+    with pytest.warns(UserWarning, match="lower the learning rate"):
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UpdateRatioLogger()])
+    assert max(history.history["update_ratio/conv"]) > 1e-2
+
+
+def test_rate_sized_update_names_the_muon_kernels():
+    from callbacks import rate_sized_update
+    from recipes.engine.optimizers import LookaheadSGD
+
+    kernel, matrix = keras.Variable(np.ones((3, 3, 3, 8))), keras.Variable(np.ones((27, 8)))
+    muon = LookaheadSGD(0.1, muon_lr_scale=0.5)
+    assert rate_sized_update(muon, kernel) and not rate_sized_update(muon, matrix)
+    assert rate_sized_update(
+        keras.optimizers.LossScaleOptimizer(LookaheadSGD(0.1, muon_lr_scale=0.5)), kernel
+    )
+    for optimizer in (LookaheadSGD(0.1), keras.optimizers.SGD(0.1), keras.optimizers.Adam(0.1), None):
+        assert not rate_sized_update(optimizer, kernel)

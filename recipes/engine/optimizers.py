@@ -96,7 +96,7 @@ class LookaheadSGD(keras.optimizers.SGD):
         self.planned_steps = self.add_variable(
             (), initializer=keras.initializers.Constant(float(self.total_steps)), name="planned_steps"
         )
-        self._muon = [self.muon_lr_scale > 0 and len(v.shape) == 4 for v in variables]
+        self._muon = [self.rate_sized_update(v) for v in variables]
         if self.muon_lr_scale > 0 and not any(self._muon):
             warnings.warn(
                 "LookaheadSGD: muon_lr_scale > 0 but no variable is a conv kernel (4-D), so every variable "
@@ -156,6 +156,12 @@ class LookaheadSGD(keras.optimizers.SGD):
         if not self.lookahead_every:
             return True
         return (step + 1) % self.lookahead_every != 0 and step + 1 != self.total_steps
+
+    def rate_sized_update(self, variable) -> bool:
+        """Whether ``variable`` takes Muon steps (a conv kernel, with ``muon_lr_scale > 0``): kept at a fixed
+        norm and moved by an orthogonalised direction, so its step's size is the rate's, not the gradient's
+        (:func:`callbacks.rate_sized_update` reads it, so that update-ratio warnings leave it out)."""
+        return self.muon_lr_scale > 0 and len(variable.shape) == 4
 
     def set_total_steps(self, total_steps: int) -> None:
         """Move the end of the ramp (and the final switch to the slow weights) to ``total_steps``."""
