@@ -205,9 +205,11 @@ class UpdateRatioLogger(keras.callbacks.Callback):
             self.latest[key] for key in (f"update_ratio/{n}" for n in self._judged) if key in self.latest
         ]
         if judged:
-            self._check(float(np.median(judged)))
+            n, total = len(judged), len(self._kernels)
+            over = "" if n == total else f" (over {n} of {total} layers; the rate fixes the others' step)"
+            self._check(float(np.median(judged)), over)
 
-    def _check(self, median: float) -> None:
+    def _check(self, median: float, over: str = "") -> None:
         low, high = self.healthy_range
         # A low ratio at a decayed rate is the schedule annealing when the schedule's peak rate so far would
         # have given a healthy one (the update scales with the rate); only then is the rate itself too low.
@@ -218,7 +220,7 @@ class UpdateRatioLogger(keras.callbacks.Callback):
         self._warned = True
         advice = "raise the learning rate" if median < low else "lower the learning rate"
         warnings.warn(
-            f"UpdateRatioLogger: median update/weight ratio {median:.1e} is outside "
+            f"UpdateRatioLogger: median update/weight ratio {median:.1e}{over} is outside "
             f"{low:.0e}..{high:.0e} (about 1e-3 is healthy): {advice}.",
             stacklevel=3,
         )

@@ -173,3 +173,22 @@ def test_the_budget_reserves_the_refresh_with_the_final_evaluation(monkeypatch):
         )
     assert plans[0].final_eval_seconds == pytest.approx(0.001 * 2000 + 0.5, abs=0.01)
     assert plans[1000].final_eval_seconds == pytest.approx(0.001 * 2000 + 0.5 + 4.0, abs=0.01)
+
+
+def test_a_run_the_nan_guard_stopped_keeps_the_statistics_it_went_back_to():
+    from types import SimpleNamespace
+
+    from recipes.engine.averaging import finish_weights
+
+    cfg = get_recipe("fast").config([])  # lookahead: auto measures again
+    model, _, x = _bn_model()
+    model.fit(x, x[:, :1], batch_size=64, epochs=1, verbose=0)
+    data = SimpleNamespace(x_train=x)
+    before = _moving(model)
+    assert finish_weights(model, cfg, data, 64, diverged=True) == {"averaged": False, "bn_refresh_images": 0}
+    for name, (mean, variance) in _moving(model).items():
+        np.testing.assert_array_equal(mean, before[name][0])
+        np.testing.assert_array_equal(variance, before[name][1])
+    assert finish_weights(model, cfg, data, 64) == {"averaged": False, "bn_refresh_images": len(x)}
+    [(name, (mean, _))] = _moving(model).items()
+    assert not np.allclose(mean, before[name][0])

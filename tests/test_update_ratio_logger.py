@@ -348,15 +348,16 @@ def _conv_net(muon_lr_scale: float, lr: float, head: bool):
 
 @pytest.mark.parametrize("head", [True, False])
 def test_muon_kernels_are_logged_but_not_judged(head):
-    # lr 0.01 keeps the head's SGD steps near 1e-3; Muon's rate 0.05 moves the conv kernel by about 2% a
-    # step, which SGD's rule would call too high
-    model, x, y = _conv_net(muon_lr_scale=5.0, lr=0.01, head=head)
+    # lr 0.01 keeps the head's SGD steps near 1e-3; Muon's rate 0.1 moves the conv kernel by about 4% a
+    # step, far above SGD's healthy range: so far that the median over both layers would leave it too
+    model, x, y = _conv_net(muon_lr_scale=10.0, lr=0.01, head=head)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UpdateRatioLogger()])
-    assert min(history.history["update_ratio/conv"]) > 1e-2  # logged, above the healthy range
+    assert min(history.history["update_ratio/conv"]) > 3e-2  # logged, far above the healthy range
     if head:
         assert all(1e-4 <= r <= 1e-2 for r in history.history["update_ratio/head"])
+        assert min(history.history["update_ratio"]) > 1e-2  # the logged median over both layers
     assert [str(w.message) for w in caught if "UpdateRatio" in str(w.message)] == []
 
 
@@ -379,3 +380,9 @@ def test_rate_sized_update_names_the_muon_kernels():
     )
     for optimizer in (LookaheadSGD(0.1), keras.optimizers.SGD(0.1), keras.optimizers.Adam(0.1), None):
         assert not rate_sized_update(optimizer, kernel)
+
+
+def test_a_warning_over_fewer_layers_says_so():
+    model, x, y = _conv_net(muon_lr_scale=0.01, lr=3.0, head=True)  # the head's SGD steps far too large
+    with pytest.warns(UserWarning, match=r"\(over 1 of 2 layers; the rate fixes the others' step\).*lower"):
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UpdateRatioLogger()])

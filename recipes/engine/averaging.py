@@ -13,9 +13,11 @@ training images without augmentation, in batches of the training batch: the same
 ``val_accuracy_ema`` uses each epoch, so its last value is the final model's. The same images on every
 replica and worker give every copy the same statistics. The test evaluation, ``model.keras`` and, for a run
 that completed, its last checkpoint then hold that model (with ``optimizer.ema`` the raw weights are gone
-from it; the earlier checkpoints keep them, and resuming from one continues the same average). Measuring
-again is idempotent: the statistics depend on the weights and images only, so a finished run reported
-again (resumed after it ended) ends on the same model.
+from it; the earlier checkpoints keep them, and resuming from one continues the same average). A run the
+NaN guard stopped keeps the statistics of the snapshot it went back to, unless it ends on an average; a run
+a budget stopped before its last planned step (no final lookahead switch) is measured again all the same,
+which does no harm. The images run through in training mode, as in SWA's ``update_bn``: a dropout layer
+draws its masks, so the statistics depend on the weights, the images and those draws.
 """
 
 from __future__ import annotations
@@ -54,13 +56,14 @@ def ema_validation(cfg, data, batch_size: int, eval_batch_size: int) -> list:
     return [EMAValidation(data.x_val, data.y_val, refresh_images(cfg, data), batch_size, eval_batch_size)]
 
 
-def finish_weights(model: keras.Model, cfg, data, batch_size: int) -> dict:
+def finish_weights(model: keras.Model, cfg, data, batch_size: int, diverged: bool = False) -> dict:
     """Put the optimizer's averaged weights in ``model`` (``fit`` has already, unless it had nothing left to
     train: doing it again changes nothing), then, when :func:`refreshes_batch_norm`, measure its
-    batch-norm statistics on :func:`refresh_images`. Returns ``{"averaged": bool, "bn_refresh_images": n}``
-    (n = 0: the statistics were left as training left them)."""
+    batch-norm statistics on :func:`refresh_images`; not for a ``diverged`` run (the NaN guard restored
+    weights and statistics that belong together) unless it ends on the average. Returns
+    ``{"averaged": bool, "bn_refresh_images": n}`` (n = 0: the statistics as training left them)."""
     averaged = use_averaged_weights(model)
-    images = refresh_images(cfg, data)
+    images = refresh_images(cfg, data) if averaged or not diverged else data.x_train[:0]
     refreshed = recompute_batch_norm(model, images, batch_size) > 0
     return {"averaged": averaged, "bn_refresh_images": len(images) if refreshed else 0}
 

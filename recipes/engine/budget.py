@@ -133,19 +133,23 @@ def _time_predict(model, x: np.ndarray, batch_size: int) -> float:
 
 
 def _time_bn_refresh(model: keras.Model, images: np.ndarray, batch_size: int) -> float:
-    """Seconds per image of measuring batch norm's statistics again (:func:`callbacks.recompute_batch_norm`,
-    timed on one batch of ``images``; the statistics put back); 0 without images or batch norm."""
+    """Seconds per image of measuring batch norm's statistics again (:func:`callbacks.recompute_batch_norm`
+    on one batch of ``images``, timed the second time, as the first pays one-off costs; the statistics
+    put back); 0 without images or batch norm."""
     layers = batch_norm_layers(model)
     if not layers or not len(images):
         return 0.0
     saved = [(keras.ops.copy(bn.moving_mean), keras.ops.copy(bn.moving_variance)) for bn in layers]
     batch = images[:batch_size]
-    start = time.perf_counter()
-    recompute_batch_norm(model, batch, batch_size)
-    seconds = time.perf_counter() - start
-    for bn, (mean, variance) in zip(layers, saved):
-        bn.moving_mean.assign(mean)
-        bn.moving_variance.assign(variance)
+    try:
+        recompute_batch_norm(model, batch, batch_size)
+        start = time.perf_counter()
+        recompute_batch_norm(model, batch, batch_size)
+        seconds = time.perf_counter() - start
+    finally:
+        for bn, (mean, variance) in zip(layers, saved):
+            bn.moving_mean.assign(mean)
+            bn.moving_variance.assign(variance)
     return seconds / len(batch)
 
 

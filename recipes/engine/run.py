@@ -291,7 +291,8 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
     ``metrics.json``, all of the weights the run ends on (:func:`finish_weights`: ``optimizer.ema``'s
     average, batch-norm statistics measured for them)."""
     model, rows, batch = training.model, checkpoint.rows, training.batch_size
-    final = finish_weights(model, r.cfg, r.data, batch)
+    guard = training.guard
+    final = finish_weights(model, r.cfg, r.data, batch, diverged=guard is not None and guard.stopped)
     write_text(r.out_dir / "history.csv", history_csv(rows))
     seconds = checkpoint.session_seconds
     images_per_second = checkpoint.session_steps * batch / seconds if seconds else None
@@ -314,7 +315,6 @@ def report(r: _Run, training: Training, checkpoint: RunCheckpoint) -> RunResult:
         "versions": library_versions(),
     }
     result = RunResult(out_dir=r.out_dir, metrics=metrics, resumed_from=r.first_epoch, model=model)
-    guard = training.guard
     if guard is not None and guard.stopped:
         info = {
             k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
