@@ -14,6 +14,9 @@ produce. :func:`recompute_batch_norm` measures them again for the weights in the
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import keras
 import numpy as np
 
@@ -47,6 +50,19 @@ def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalizatio
         for layer in model._flatten_layers(include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
     ]
+
+
+@contextlib.contextmanager
+def variables_kept(model: keras.Model) -> Iterator[None]:
+    """Every variable of ``model`` (weights, batch-norm statistics, random-generator state) put back as it
+    was on leaving, also after an error: for measuring on the model without changing it."""
+    variables = model.variables
+    saved = [keras.ops.convert_to_numpy(v) for v in variables]
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
 
 
 def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int) -> int:
@@ -127,14 +143,9 @@ class EMAValidation(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         if not len(self.x_val) or not ema_pairs(self.model.optimizer):
             return
-        variables = self.model.variables
-        saved = [keras.ops.convert_to_numpy(v) for v in variables]
-        try:
+        with variables_kept(self.model):
             use_averaged_weights(self.model)
             recompute_batch_norm(self.model, self.bn_images, self.batch_size)
             logits = self.model.predict(self.x_val, batch_size=self.eval_batch_size, verbose=0)
-        finally:
-            for variable, value in zip(variables, saved):
-                variable.assign(value)
         predicted = np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
         logs["val_accuracy_ema"] = float(np.mean(predicted == self.y_val))

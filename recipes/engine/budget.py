@@ -36,7 +36,7 @@ import keras
 import numpy as np
 
 from callbacks import Replannable, recompute_batch_norm, schedule_position, unwrap_optimizer
-from callbacks.ema_validation import batch_norm_layers
+from callbacks.ema_validation import batch_norm_layers, variables_kept
 
 CALIBRATION_STEPS = 30
 SKIP_STEPS = 10  # the first step traces; the next ones run on prefetched batches
@@ -134,22 +134,16 @@ def _time_predict(model, x: np.ndarray, batch_size: int) -> float:
 
 def _time_bn_refresh(model: keras.Model, images: np.ndarray, batch_size: int) -> float:
     """Seconds per image of measuring batch norm's statistics again (:func:`callbacks.recompute_batch_norm`
-    on one batch of ``images``, timed the second time, as the first pays one-off costs; the statistics
-    put back); 0 without images or batch norm."""
-    layers = batch_norm_layers(model)
-    if not layers or not len(images):
+    on one batch of ``images``, timed the second time, as the first pays one-off costs; the model's
+    variables put back, random state included); 0 without images or batch norm."""
+    if not batch_norm_layers(model) or not len(images):
         return 0.0
-    saved = [(keras.ops.copy(bn.moving_mean), keras.ops.copy(bn.moving_variance)) for bn in layers]
     batch = images[:batch_size]
-    try:
+    with variables_kept(model):
         recompute_batch_norm(model, batch, batch_size)
         start = time.perf_counter()
         recompute_batch_norm(model, batch, batch_size)
         seconds = time.perf_counter() - start
-    finally:
-        for bn, (mean, variance) in zip(layers, saved):
-            bn.moving_mean.assign(mean)
-            bn.moving_variance.assign(variance)
     return seconds / len(batch)
 
 
